@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <nng/nng.h>
+#include <nng/supplemental/tls/tls.h>
 #include <uv.h>
 
 typedef enum {
@@ -34,13 +35,13 @@ typedef void (*rb_bus_pipe_fn)(rb_bus *bus, nng_pipe pipe, bool added, void *arg
 typedef void (*rb_bus_reply_fn)(rb_bus *bus, int err, nng_msg *reply, void *arg);
 
 typedef struct rb_bus_opts {
-	size_t recv_max;        // NNG_OPT_RECVMAXSZ, set before any listen or dial (required)
-	int send_timeout_ms;    // a queued send still waiting this long is dropped (default 5000)
-	int reconnect_min_ms;   // dialer backoff (default 100)
-	int reconnect_max_ms;   // (default 2000)
-	int req_resend_ms;      // REQ: resend after this long without a reply (default 1000)
-	int rep_parallel;       // REP: requests received concurrently (default 64)
-	const char *name;       // for logs ("broker-auction")
+	size_t recv_max;      // NNG_OPT_RECVMAXSZ, set before any listen or dial (required)
+	int send_timeout_ms;  // a queued send still waiting this long is dropped (default 5000)
+	int reconnect_min_ms; // dialer backoff (default 100)
+	int reconnect_max_ms; // (default 2000)
+	int req_resend_ms;    // REQ: resend after this long without a reply (default 1000)
+	int rep_parallel;     // REP: requests received concurrently (default 64)
+	const char *name;     // for logs ("broker-auction")
 } rb_bus_opts;
 
 // Creates a socket of kind on loop. On success *out is the caller's (rb_bus_free).
@@ -50,6 +51,11 @@ int rb_bus_new(uv_loop_t *loop, rb_bus_kind kind, const rb_bus_opts *opts, rb_bu
 void rb_bus_on_recv(rb_bus *bus, rb_bus_recv_fn fn, void *arg);
 void rb_bus_on_request(rb_bus *bus, rb_bus_request_fn fn, void *arg);
 void rb_bus_on_pipe(rb_bus *bus, rb_bus_pipe_fn fn, void *arg);
+
+// TLS for the tls+tcp:// listeners and dialers made after this call (a dialer checks the peer's
+// name only if cfg has nng_tls_config_server_name). The bus holds its own reference: cfg stays
+// the caller's to free. Returns 0 or RB_EINVAL.
+int rb_bus_set_tls(rb_bus *bus, nng_tls_config *cfg);
 
 // Listens on url and starts receiving. Returns 0 or a code (RB_EBUSY: address in use).
 int rb_bus_listen(rb_bus *bus, const char *url);
@@ -77,9 +83,10 @@ int rb_bus_peers(const rb_bus *bus);
 // Messages dropped because they could not be sent in time.
 uint64_t rb_bus_dropped(const rb_bus *bus);
 
-// Closes the socket, cancels pending work (REQ callbacks get RB_ECLOSED), frees the bus once
-// libuv has released its handles. NULL is fine. Call on the loop thread; afterwards run the
-// loop (uv_run) so the close completes.
+// Closes the socket, cancels pending work (REQ callbacks get RB_ECLOSED, before this returns),
+// frees the bus once libuv has released its handles. NULL is fine. A request still unanswered
+// stays a valid handle: rb_bus_reply/rb_bus_reply_drop on it then only free it. Call on the
+// loop thread; afterwards run the loop (uv_run) so the close completes.
 void rb_bus_free(rb_bus *bus);
 
 #endif

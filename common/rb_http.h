@@ -33,9 +33,10 @@ const void *rb_http_body(const rb_http_req *req, size_t *len);
 void rb_http_reply(rb_http_req *req, int status, const char *ctype, const char *body, size_t len);
 // As rb_http_reply with an extra header (e.g. "Content-Disposition").
 void rb_http_reply_hdr(rb_http_req *req, int status, const char *ctype, const char *hname,
-		       const char *hvalue, const char *body, size_t len);
+                       const char *hvalue, const char *body, size_t len);
 
-// Stops the server; pending requests get 503. NULL is fine. Run the loop afterwards.
+// Stops the server; pending requests get 503. NULL is fine. Run the loop afterwards. A request
+// a route still holds stays a valid handle: rb_http_reply on it then only frees it.
 void rb_http_free(rb_http *http);
 
 #endif

@@ -14,7 +14,7 @@ rb_metric *rb_metrics_counter(const char *name, const char *labels, const char *
 rb_metric *rb_metrics_gauge(const char *name, const char *labels, const char *help);
 // bounds: ascending upper bounds (base units, e.g. seconds); copied.
 rb_metric *rb_metrics_histogram(const char *name, const char *labels, const char *help,
-				const double *bounds, size_t nbounds);
+                                const double *bounds, size_t nbounds);
 
 void rb_metric_inc(rb_metric *m);
 void rb_metric_add(rb_metric *m, double v);
