@@ -1,0 +1,183 @@
+// Declarations shared by the files of the ringbid command-line tool.
+#ifndef CLI_H
+#define CLI_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "ringbid.pb-c.h"
+
+// Process exit statuses.
+#define CLI_EXIT_OK       0
+#define CLI_EXIT_ERR      1 // the command failed
+#define CLI_EXIT_USAGE    2 // bad command line
+#define CLI_EXIT_UNSERVED 4 // a call got no agent: abandoned, overflow, or gave up following
+
+#define CLI_NAME_MAX     200 // program and agent display names, bytes
+#define CLI_SKILLS_MAX   32  // skills per program, agent or call (the broker's limit too)
+#define CLI_SECRET_MAX   256 // agent secret, bytes (presence's limit)
+#define CLI_PRIORITY_MAX 1000
+
+// ---------------------------------------------------------------------------------------------
+// args.c: command-line options
+
+// One long option of a command: "--name VALUE", "--name=VALUE", or a flag "--name". The parser
+// fills value/seen; value points into argv.
+typedef struct cli_opt {
+	const char *name; // without the leading dashes
+	bool has_arg;
+	const char *value;
+	bool seen;
+} cli_opt;
+
+#define CLI_ARGS_HELP 1 // --help or -h was given
+
+// Parses argv[0..argc) (the words after the command's own name) against opts. Positional words
+// go to pos (at most maxpos, count in *npos); "--" ends the options. Refuses unknown options,
+// a missing value, a value given to a flag, an option given twice, and too many positionals.
+// Returns 0, CLI_ARGS_HELP, or RB_EINVAL with a one-line reason in err.
+int cli_args_parse(int argc, char **argv, cli_opt *opts, size_t nopts, const char **pos,
+                   size_t maxpos, size_t *npos, char *err, size_t errlen);
+// The value of option name (flags: "" when seen), or NULL when it was not given.
+const char *cli_opt_get(const cli_opt *opts, size_t nopts, const char *name);
+// True when option name was given.
+bool cli_opt_has(const cli_opt *opts, size_t nopts, const char *name);
+
+// Prints "ringbid <cmd>: <msg>" and a pointer to --help on stderr; returns CLI_EXIT_USAGE.
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+// Prints "ringbid: <msg>" on stderr; returns CLI_EXIT_ERR.
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// ---------------------------------------------------------------------------------------------
+// valid.c: checks and conversions of command-line text (pure)
+
+// Money as text for numeric(12,4): 1..8 digits, optionally '.' and 1..4 digits; never a sign.
+bool cli_valid_money(const char *s);
+// A score for numeric(5,2) in 0..100: digits, optionally '.' and 1..2 digits.
+bool cli_valid_score(const char *s);
+// A decimal integer in [min, max], nothing else around it. Returns 0 or RB_EINVAL.
+int cli_parse_int(const char *s, long long min, long long max, long long *out);
+// An agent id: a decimal integer in 1..INT64_MAX (PostgreSQL bigint). Returns 0 or RB_EINVAL.
+int cli_parse_agent_id(const char *s, uint64_t *out);
+// Seconds with up to three decimals ("2", "0.5", "12.250") as milliseconds in [0, max_ms].
+// Returns 0 or RB_EINVAL.
+int cli_parse_seconds_ms(const char *s, int64_t max_ms, int64_t *out_ms);
+
+// A list of skills: items separated by sep, each passing rb_valid_id(s, 64), at most
+// CLI_SKILLS_MAX, duplicates dropped, order kept; "" is the empty list. On success *out is the
+// caller's (cli_list_free) and *n its length; on failure nothing is allocated and err names the
+// bad item. Returns 0, RB_EINVAL or RB_ENOMEM.
+int cli_list_parse(const char *text, char sep, char ***out, size_t *n, char *err, size_t errlen);
+// Frees a list from cli_list_parse; NULL is fine.
+void cli_list_free(char **list, size_t n);
+
+// A PostgreSQL text[] literal of items: {"a","b"} with '"' and '\' escaped. On success *out is
+// the caller's (free()). Returns 0 or RB_ENOMEM.
+int cli_pg_array(char *const *items, size_t n, char **out);
+
+// One line of an agent import file: "id,name,skills,score" with skills separated by ';' and
+// name optionally in double quotes ("" inside for a quote); skills and score may be empty.
+typedef struct cli_agent_row {
+	uint64_t id;
+	char name[CLI_NAME_MAX + 1];
+	char **skills; // owned, cli_agent_row_fini
+	size_t nskills;
+	char score[8]; // "" when not given
+} cli_agent_row;
+
+#define CLI_CSV_SKIP 1 // a blank line, a '#' comment or the header line
+
+// Parses line (without its newline; a trailing '\r' is ignored) into row. Returns 0 (row filled;
+// the caller calls cli_agent_row_fini), CLI_CSV_SKIP (row untouched), RB_EINVAL with the reason
+// in err (row untouched), or RB_ENOMEM.
+int cli_csv_agent_line(const char *line, cli_agent_row *row, char *err, size_t errlen);
+void cli_agent_row_fini(cli_agent_row *row);
+
+// Reads an agent secret: the file named by file (when not NULL), else $RINGBID_AGENT_SECRET
+// (when env_ok). One trailing newline is dropped; the secret must be 1..CLI_SECRET_MAX bytes.
+// Returns 0, RB_ENOTFOUND (no source), RB_EIO (unreadable file) or RB_EINVAL (empty, too long),
+// with a one-line reason in err.
+int cli_read_secret(const char *file, bool env_ok, char *out, size_t n, char *err, size_t errlen);
+
+// ---------------------------------------------------------------------------------------------
+// envfile.c: $RINGBID_HOME/env
+
+typedef struct cli_env_kv {
+	const char *key;
+	const char *value;
+} cli_env_kv;
+
+// Renders KEY=VALUE lines after a comment header. Keys are [A-Z0-9_]+, values carry no newline
+// or NUL. On success *out is the caller's (free()). Returns 0, RB_EINVAL or RB_ENOMEM.
+int cli_env_format(const cli_env_kv *kv, size_t n, char **out);
+// Writes the rendered lines to path atomically (temporary file, fsync, rename) with mode 0600.
+// Returns 0, RB_EINVAL, RB_ENOMEM or RB_EIO.
+int cli_env_write(const char *path, const cli_env_kv *kv, size_t n);
+
+// ---------------------------------------------------------------------------------------------
+// paths.c
+
+// Directory holding the running executable (from /proc/self/exe). Returns 0 or RB_EIO/RB_ETOOBIG.
+int cli_exe_dir(char *out, size_t n);
+// $RINGBID_HOME (default ./var) made absolute; the directory need not exist. Returns 0 or a code.
+int cli_home_abs(char *out, size_t n);
+// Creates dir and its missing parents with mode. Returns 0 or RB_EIO.
+int cli_mkdirs(const char *dir, unsigned mode);
+
+// ---------------------------------------------------------------------------------------------
+// db.c: blocking libpq (the CLI is no loop service)
+
+// Connects with rb_config_conninfo(); prints the reason on failure. On success *out is the
+// caller's (PQfinish). Returns 0 or RB_EDB.
+int cli_db_connect(PGconn **out);
+// Runs one statement with text parameters. On success *res is the caller's (PQclear). On
+// failure returns RB_EDB and *res is the failed result (caller's, may be NULL) for its SQLSTATE.
+int cli_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                PGresult **res);
+// Prints "ringbid: <what>: <server message>" for a failed result; returns CLI_EXIT_ERR.
+int cli_db_fail(PGconn *conn, const PGresult *res, const char *what);
+// The SQLSTATE of a failed result, "" when none.
+const char *cli_db_sqlstate(const PGresult *res);
+// Where migrations are: $RINGBID_MIGRATIONS, else <executable dir>/../db/migrations.
+int cli_migrations_dir(char *out, size_t n);
+// Applies pending migrations from dir in order, printing each one applied (unless quiet) and
+// the outcome. Returns 0 or a code (reason printed).
+int cli_db_migrate(PGconn *conn, const char *dir, bool quiet);
+
+// ---------------------------------------------------------------------------------------------
+// calls.c: what the broker tells about calls, as text and JSON (pure)
+
+// Upper-case names as on screens: "QUEUED", "completed" (dispositions are lower case), "AVAILABLE".
+const char *cli_call_state_name(int state);
+const char *cli_disposition_name(int disposition); // "" for none
+const char *cli_agent_state_name(int state);
+// Milliseconds the caller waited (arrival to answer, or to the end, or to now_us) and talked.
+uint64_t cli_call_wait_ms(const Ringbid__CallInfo *ci, uint64_t now_us);
+uint64_t cli_call_talk_ms(const Ringbid__CallInfo *ci);
+// The summary object of `ringbid call --json` ({"call_id", "program", "state", "disposition",
+// "agent_id", "wait_ms", "talk_ms", "offers", "review"}); full adds priority, skills, version and
+// the times (`call-info`). The caller owns the result (json_decref); NULL when out of memory.
+json_t *cli_call_json(const Ringbid__CallInfo *ci, bool full, uint64_t now_us);
+// The object of `ringbid status --json`. The caller owns the result.
+json_t *cli_kpis_json(const Ringbid__Kpis *k);
+// The object of `ringbid explain --json`. The caller owns the result.
+json_t *cli_explain_json(const Ringbid__ExplainReply *e, uint64_t now_us);
+
+// ---------------------------------------------------------------------------------------------
+// Commands. Each takes the words after its name and returns the process exit status.
+
+int cli_cmd_db(int argc, char **argv);
+int cli_cmd_program(int argc, char **argv);
+int cli_cmd_agent(int argc, char **argv);
+int cli_cmd_call(int argc, char **argv);
+int cli_cmd_hangup(int argc, char **argv);
+int cli_cmd_call_info(int argc, char **argv);
+int cli_cmd_status(int argc, char **argv);
+int cli_cmd_explain(int argc, char **argv);
+// `up` loads $RINGBID_HOME/env itself: it must first see what the caller's environment holds.
+int cli_cmd_up(int argc, char **argv);
+int cli_cmd_down(int argc, char **argv);
+
+#endif

@@ -1,0 +1,982 @@
+// `ringbid up` / `ringbid down`: the embedded stack (a private PostgreSQL and the four services).
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "cli.h"
+#include "rb_config.h"
+#include "rb_err.h"
+#include "rb_time.h"
+
+#define READY_TIMEOUT_MS  30000
+#define STOP_TIMEOUT_MS   10000
+#define PORT_BASE_DEFAULT 7100
+#define LOG_TAIL_LINES    20
+
+typedef struct service {
+	const char *name;     // "broker": log/<name>.log, run/<name>.pid
+	const char *http_env; // its admin address variable
+	int http_offset;
+} service;
+
+// Start order: what others depend on first. Stopped in reverse.
+static const service services[] = {
+        {"billing", "RINGBID_BILLING_HTTP", RB_PORT_BILLING_HTTP},
+        {"auction", "RINGBID_AUCTION_HTTP", RB_PORT_AUCTION_HTTP},
+        {"presence", "RINGBID_PRESENCE_HTTP", RB_PORT_PRESENCE_HTTP},
+        {"broker", "RINGBID_BROKER_HTTP", RB_PORT_BROKER_HTTP},
+};
+#define NSERVICES (sizeof services / sizeof services[0])
+
+// Every port of a stack, as offsets from RINGBID_PORT_BASE.
+static const int port_offsets[] = {
+        RB_PORT_BROKER_CALLS,     RB_PORT_BROKER_AUCTION,  RB_PORT_BROKER_PRESENCE,
+        RB_PORT_AUCTION_PRESENCE, RB_PORT_PRESENCE_AGENTS, RB_PORT_BILLING_CDRS,
+        RB_PORT_BROKER_HTTP,      RB_PORT_AUCTION_HTTP,    RB_PORT_PRESENCE_HTTP,
+        RB_PORT_BILLING_HTTP,
+};
+
+static int64_t mono_ms(void)
+{
+	return (int64_t)(rb_mono_us() / 1000);
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+static int path_fmt(char *out, size_t n, const char *a, const char *b)
+{
+	if ((size_t)snprintf(out, n, "%s/%s", a, b) >= n)
+		return RB_ETOOBIG;
+	return 0;
+}
+
+// Prints the last lines of a log file on stderr.
+static void print_tail(const char *path)
+{
+	char buf[8192];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	off_t size;
+	ssize_t len;
+	int lines = 0;
+	char *start;
+
+	if (fd < 0) {
+		fprintf(stderr, "ringbid: (no log at %s)\n", path);
+		return;
+	}
+	size = lseek(fd, 0, SEEK_END);
+	lseek(fd, size > (off_t)sizeof buf - 1 ? size - (off_t)(sizeof buf - 1) : 0, SEEK_SET);
+	len = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (len <= 0) {
+		fprintf(stderr, "ringbid: (%s is empty)\n", path);
+		return;
+	}
+	buf[len] = '\0';
+	start = buf + len;
+	if (start > buf && start[-1] == '\n')
+		start--;
+	while (start > buf && lines < LOG_TAIL_LINES) {
+		start--;
+		if (*start == '\n')
+			lines++;
+	}
+	if (*start == '\n')
+		start++;
+	fprintf(stderr, "---- last lines of %s ----\n%s%s---- end of %s ----\n", path, start,
+	        buf[len - 1] == '\n' ? "" : "\n", path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports
+
+static bool port_free(int port)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	// Servers set SO_REUSEADDR too, so a port in TIME_WAIT counts as free, as it is to them.
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+	close(fd);
+	return ok;
+}
+
+static bool block_free(int base)
+{
+	for (size_t i = 0; i < sizeof port_offsets / sizeof port_offsets[0]; i++) {
+		if (!port_free(base + port_offsets[i]))
+			return false;
+	}
+	return true;
+}
+
+// A port the kernel says is free now.
+static int any_free_port(void)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t len = sizeof sa;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
+
+	if (fd < 0)
+		return -1;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+		port = ntohs(sa.sin_port);
+	close(fd);
+	return port;
+}
+
+static int choose_port_base(int *out)
+{
+	long long base;
+
+	if (getenv("RINGBID_PORT_BASE")) {
+		if (rb_config_int("RINGBID_PORT_BASE", PORT_BASE_DEFAULT, 1024, 65400, &base) < 0)
+			return cli_fail("RINGBID_PORT_BASE must be a number from 1024 to 65400");
+		*out = (int)base;
+		return 0;
+	}
+	for (base = PORT_BASE_DEFAULT; base <= 65400; base += 100) {
+		if (block_free((int)base)) {
+			*out = (int)base;
+			return 0;
+		}
+	}
+	return cli_fail("no free block of 100 ports from %d up: set RINGBID_PORT_BASE",
+	                PORT_BASE_DEFAULT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+typedef struct run_opts {
+	const char *log;  // stdout and stderr appended here; NULL: inherited
+	bool as_postgres; // through `runuser -u postgres --` (we are root)
+} run_opts;
+
+// Runs argv to completion. Returns its exit status (0..255), or -1 when it could not run.
+static int run(const char *const *argv, const run_opts *ro)
+{
+	const char *full[32];
+	size_t n = 0;
+	pid_t pid;
+	int status;
+
+	if (ro->as_postgres) {
+		full[n++] = "runuser";
+		full[n++] = "-u";
+		full[n++] = "postgres";
+		full[n++] = "--";
+	}
+	for (size_t i = 0; argv[i] && n < 31; i++)
+		full[n++] = argv[i];
+	full[n] = NULL;
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		int in = open("/dev/null", O_RDONLY);
+
+		if (in >= 0)
+			dup2(in, 0);
+		if (ro->log) {
+			int fd = open(ro->log, O_WRONLY | O_CREAT | O_APPEND, 0640);
+
+			if (fd >= 0) {
+				dup2(fd, 1);
+				dup2(fd, 2);
+			}
+		}
+		// The postgres user may not be able to enter our working directory.
+		if (chdir("/") != 0)
+			_exit(126);
+		execvp(full[0], (char *const *)full);
+		fprintf(stderr, "ringbid: cannot run %s: %s\n", full[0], strerror(errno));
+		_exit(127);
+	}
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR)
+			return -1;
+	}
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Reads a pid file; 0 when missing or unreadable.
+static pid_t read_pid(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	long pid = 0;
+
+	if (!f)
+		return 0;
+	if (fscanf(f, "%ld", &pid) != 1 || pid <= 1 || pid > INT_MAX)
+		pid = 0;
+	fclose(f);
+	return (pid_t)pid;
+}
+
+static int write_pid(const char *path, pid_t pid)
+{
+	char tmp[PATH_MAX + 8];
+	FILE *f;
+
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	f = fopen(tmp, "we");
+	if (!f)
+		return RB_EIO;
+	fprintf(f, "%ld\n", (long)pid);
+	if (fclose(f) != 0 || rename(tmp, path) != 0) {
+		unlink(tmp);
+		return RB_EIO;
+	}
+	return 0;
+}
+
+// True when pid is alive and runs program (a basename): a stale pid file may name a pid the
+// system has since given to another process.
+static bool pid_runs(pid_t pid, const char *program)
+{
+	char path[64], cmd[PATH_MAX];
+	ssize_t len;
+	int fd;
+	const char *base;
+
+	if (pid <= 1 || (kill(pid, 0) != 0 && errno != EPERM))
+		return false;
+	snprintf(path, sizeof path, "/proc/%ld/cmdline", (long)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	len = read(fd, cmd, sizeof cmd - 1);
+	close(fd);
+	if (len <= 0)
+		return false; // a zombie has an empty command line
+	cmd[len] = '\0';
+	base = strrchr(cmd, '/');
+	base = base ? base + 1 : cmd;
+	return strcmp(base, program) == 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The private PostgreSQL
+
+typedef struct pg {
+	char bindir[PATH_MAX];
+	char dir[PATH_MAX]; // $RINGBID_HOME/pg
+	char log[PATH_MAX]; // $RINGBID_HOME/log/postgres.log
+	bool as_postgres;
+	uid_t uid;
+	gid_t gid;
+} pg;
+
+// The newest /usr/lib/postgresql/N/bin holding pg_ctl (RINGBID_PG_BIN overrides).
+static int find_pg_bin(char *out, size_t n)
+{
+	glob_t g;
+	long best = -1;
+
+	if (getenv("RINGBID_PG_BIN") && *getenv("RINGBID_PG_BIN")) {
+		snprintf(out, n, "%s", getenv("RINGBID_PG_BIN"));
+		return 0;
+	}
+	if (glob("/usr/lib/postgresql/*/bin/pg_ctl", 0, NULL, &g) != 0)
+		return cli_fail(
+		        "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl); "
+		        "install it (scripts/install-deps.sh) or set RINGBID_DATABASE_URL");
+	for (size_t i = 0; i < g.gl_pathc; i++) {
+		const char *v = g.gl_pathv[i] + strlen("/usr/lib/postgresql/");
+		long ver = strtol(v, NULL, 10);
+
+		if (ver > best) {
+			best = ver;
+			snprintf(out, n, "%.*s", (int)(strrchr(g.gl_pathv[i], '/') - g.gl_pathv[i]),
+			         g.gl_pathv[i]);
+		}
+	}
+	globfree(&g);
+	return 0;
+}
+
+// As root the cluster belongs to the postgres user, which must be able to reach it.
+static void check_traversal(const pg *p)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof path, "%s", p->dir);
+	for (char *slash = strrchr(path, '/'); slash && slash != path; slash = strrchr(path, '/')) {
+		struct stat st;
+		mode_t need;
+
+		*slash = '\0';
+		if (stat(path, &st) != 0)
+			continue;
+		need = st.st_uid == p->uid ? S_IXUSR : st.st_gid == p->gid ? S_IXGRP : S_IXOTH;
+		if (!(st.st_mode & need)) {
+			fprintf(stderr,
+			        "ringbid: warning: PostgreSQL runs as user postgres, which cannot "
+			        "enter %s (mode %03o); the private database will not start.\n"
+			        "ringbid: warning: use a RINGBID_HOME that user can reach, or "
+			        "allow "
+			        "it in: chmod o+x %s\n",
+			        path, (unsigned)(st.st_mode & 0777), path);
+			return;
+		}
+	}
+}
+
+static int pg_own(const pg *p, const char *path)
+{
+	if (p->as_postgres && chown(path, p->uid, p->gid) != 0)
+		return cli_fail("cannot give %s to the postgres user: %s", path, strerror(errno));
+	return 0;
+}
+
+// Finds the programs and paths of the private cluster; creates nothing.
+static int pg_setup(pg *p, const char *home)
+{
+	char logdir[PATH_MAX];
+	int rc;
+
+	if ((rc = find_pg_bin(p->bindir, sizeof p->bindir)) != 0)
+		return rc;
+	if (path_fmt(p->dir, sizeof p->dir, home, "pg") < 0 ||
+	    path_fmt(logdir, sizeof logdir, home, "log") < 0 ||
+	    path_fmt(p->log, sizeof p->log, logdir, "postgres.log") < 0)
+		return cli_fail("RINGBID_HOME is too long");
+	p->as_postgres = geteuid() == 0;
+	if (p->as_postgres) {
+		struct passwd *pw = getpwnam("postgres");
+
+		if (!pw)
+			return cli_fail("running as root, but there is no 'postgres' user to run "
+			                "PostgreSQL as (install the postgresql package)");
+		p->uid = pw->pw_uid;
+		p->gid = pw->pw_gid;
+	}
+	return 0;
+}
+
+// Sets up the private cluster, creating it (initdb) the first time.
+static int pg_init(pg *p, const char *home)
+{
+	char initdb_log[PATH_MAX], version[PATH_MAX + 16], logdir[PATH_MAX];
+	struct stat st;
+	int rc;
+
+	if ((rc = pg_setup(p, home)) != 0)
+		return rc;
+	if (path_fmt(logdir, sizeof logdir, home, "log") < 0)
+		return cli_fail("RINGBID_HOME is too long");
+	snprintf(version, sizeof version, "%s/PG_VERSION", p->dir);
+	if (stat(version, &st) == 0)
+		return 0;
+
+	// A new cluster.
+	if (cli_mkdirs(p->dir, 0700) < 0)
+		return cli_fail("cannot create %s: %s", p->dir, strerror(errno));
+	if ((rc = pg_own(p, p->dir)) != 0)
+		return rc;
+	if (p->as_postgres)
+		check_traversal(p);
+	if (path_fmt(initdb_log, sizeof initdb_log, logdir, "initdb.log") < 0)
+		return cli_fail("RINGBID_HOME is too long");
+	printf("creating a private PostgreSQL cluster in %s\n", p->dir);
+	fflush(stdout);
+	char initdb[PATH_MAX + 16];
+
+	snprintf(initdb, sizeof initdb, "%s/initdb", p->bindir);
+	const char *argv[] = {initdb,        "-D",           p->dir, "-U",
+	                      "postgres",    "--auth=trust", "-E",   "UTF8",
+	                      "--no-locale", "--no-sync",    NULL};
+	const run_opts ro = {.log = initdb_log, .as_postgres = p->as_postgres};
+
+	if (run(argv, &ro) != 0) {
+		cli_fail("initdb failed");
+		print_tail(initdb_log);
+		return CLI_EXIT_ERR;
+	}
+	return 0;
+}
+
+// The postmaster running on the cluster, and its port, from postmaster.pid (line 1: pid,
+// line 4: port).
+static bool pg_running(const pg *p, int *port)
+{
+	char path[PATH_MAX + 32], line[256];
+	FILE *f;
+	long pid = 0, prt = 0;
+
+	snprintf(path, sizeof path, "%s/postmaster.pid", p->dir);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	for (int i = 1; i <= 4 && fgets(line, sizeof line, f); i++) {
+		if (i == 1)
+			pid = strtol(line, NULL, 10);
+		if (i == 4)
+			prt = strtol(line, NULL, 10);
+	}
+	fclose(f);
+	if (pid <= 1 || (kill((pid_t)pid, 0) != 0 && errno != EPERM) || prt <= 0 || prt > 65535)
+		return false;
+	if (port)
+		*port = (int)prt;
+	return true;
+}
+
+static int pg_start(pg *p, bool port_from_caller, int *port_out)
+{
+	char pg_ctl[PATH_MAX + 16], opts[256];
+	long long port;
+	int fd, rc;
+
+	if (pg_running(p, port_out)) {
+		printf("PostgreSQL already running in %s on 127.0.0.1:%d\n", p->dir, *port_out);
+		return 0;
+	}
+	if (getenv("RINGBID_PG_PORT")) {
+		if (rb_config_int("RINGBID_PG_PORT", 0, 1, 65535, &port) < 0)
+			return cli_fail("RINGBID_PG_PORT must be a port number");
+		// A port remembered in the env file may have been taken since; one the caller
+		// asked for must be used as it is.
+		if (!port_free((int)port) && !port_from_caller)
+			port = any_free_port();
+	} else {
+		port = any_free_port();
+	}
+	if (port <= 0)
+		return cli_fail("no free port for PostgreSQL");
+	fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return cli_fail("cannot open %s: %s", p->log, strerror(errno));
+	close(fd);
+	if ((rc = pg_own(p, p->log)) != 0)
+		return rc;
+	snprintf(pg_ctl, sizeof pg_ctl, "%s/pg_ctl", p->bindir);
+	// pg_ctl hands -o to a shell: '' is an empty value there (no Unix socket at all).
+	snprintf(opts, sizeof opts,
+	         "-c listen_addresses=127.0.0.1 -p %lld -c unix_socket_directories=''", port);
+	const char *argv[] = {pg_ctl, "-s",   "-w", "-t", "60",    "-D", p->dir,
+	                      "-l",   p->log, "-o", opts, "start", NULL};
+	const run_opts ro = {.log = NULL, .as_postgres = p->as_postgres};
+
+	printf("starting PostgreSQL on 127.0.0.1:%lld (log %s)\n", port, p->log);
+	fflush(stdout);
+	if (run(argv, &ro) != 0) {
+		cli_fail("PostgreSQL did not start");
+		print_tail(p->log);
+		return CLI_EXIT_ERR;
+	}
+	*port_out = (int)port;
+	return 0;
+}
+
+static int pg_create_db(int port)
+{
+	char conninfo[256];
+	PGconn *conn;
+	PGresult *res;
+	int rc = 0;
+
+	snprintf(conninfo, sizeof conninfo,
+	         "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=10", port);
+	conn = PQconnectdb(conninfo);
+	if (!conn || PQstatus(conn) != CONNECTION_OK) {
+		rc = cli_fail("cannot connect to the private PostgreSQL: %s",
+		              conn ? PQerrorMessage(conn) : "out of memory");
+		PQfinish(conn);
+		return rc;
+	}
+	res = PQexec(conn, "SELECT 1 FROM pg_database WHERE datname = 'ringbid'");
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 0) {
+		PQclear(res);
+		res = PQexec(conn, "CREATE DATABASE ringbid");
+		// Another `ringbid up` may have created it meanwhile (42P04): that is fine.
+		if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+		    strcmp(cli_db_sqlstate(res), "42P04") != 0)
+			rc = cli_db_fail(conn, res, "cannot create database ringbid");
+		else
+			printf("created database ringbid\n");
+	} else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		rc = cli_db_fail(conn, res, "cannot list databases");
+	}
+	PQclear(res);
+	PQfinish(conn);
+	return rc;
+}
+
+static int pg_stop(const pg *p)
+{
+	char pg_ctl[PATH_MAX + 16];
+	int port;
+
+	if (!pg_running(p, &port))
+		return 0;
+	snprintf(pg_ctl, sizeof pg_ctl, "%s/pg_ctl", p->bindir);
+	const char *argv[] = {pg_ctl, "-s", "-w",   "-t",   "60", "-D",
+	                      p->dir, "-m", "fast", "stop", NULL};
+	const run_opts ro = {.log = NULL, .as_postgres = p->as_postgres};
+
+	if (run(argv, &ro) != 0)
+		return cli_fail("PostgreSQL in %s did not stop", p->dir);
+	printf("stopped PostgreSQL (%s)\n", p->dir);
+	return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Readiness: a tiny HTTP/1.0 client
+
+// GET path on "host:port"; returns the HTTP status, or -1 when nothing answered in time.
+static int http_status(const char *addr, const char *path, int timeout_ms)
+{
+	char host[256], req[512], buf[64];
+	const char *colon = strrchr(addr, ':');
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	struct pollfd pfd;
+	size_t len = 0;
+	int fd = -1, status = -1, flags, err = 0;
+	socklen_t elen = sizeof err;
+
+	if (!colon || (size_t)(colon - addr) >= sizeof host)
+		return -1;
+	snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
+	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+		memmove(host, host + 1, strlen(host));
+		host[strlen(host) - 1] = '\0';
+	}
+	if (!host[0] || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "*") == 0)
+		snprintf(host, sizeof host, "127.0.0.1");
+	else if (strcmp(host, "::") == 0)
+		snprintf(host, sizeof host, "::1");
+	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || !ai)
+		return -1;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto out;
+	flags = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS)
+		goto out;
+	pfd = (struct pollfd){.fd = fd, .events = POLLOUT};
+	if (poll(&pfd, 1, timeout_ms) != 1 ||
+	    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0)
+		goto out;
+	fcntl(fd, F_SETFL, flags);
+	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr);
+	if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req))
+		goto out;
+	while (len < sizeof buf - 1) {
+		ssize_t r = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+		if (memchr(buf, '\n', len))
+			break;
+	}
+	buf[len] = '\0';
+	if (strncmp(buf, "HTTP/1.", 7) == 0 && len >= 12)
+		status = (int)strtol(buf + 9, NULL, 10);
+out:
+	if (fd >= 0)
+		close(fd);
+	freeaddrinfo(ai);
+	return status;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+
+typedef struct svc_run {
+	const service *svc;
+	char bin[PATH_MAX];
+	char log[PATH_MAX];
+	char pidfile[PATH_MAX];
+	char http[256];
+	pid_t pid;
+	bool started; // by us, now: a child we can reap
+	bool ready;
+} svc_run;
+
+static int svc_paths(svc_run *s, const service *svc, const char *bindir, const char *home)
+{
+	char name[64];
+
+	s->svc = svc;
+	snprintf(name, sizeof name, "ringbid-%s", svc->name);
+	if (path_fmt(s->bin, sizeof s->bin, bindir, name) < 0 ||
+	    (size_t)snprintf(s->log, sizeof s->log, "%s/log/%s.log", home, svc->name) >=
+	            sizeof s->log ||
+	    (size_t)snprintf(s->pidfile, sizeof s->pidfile, "%s/run/%s.pid", home, svc->name) >=
+	            sizeof s->pidfile)
+		return RB_ETOOBIG;
+	if (rb_config_http(svc->http_env, svc->http_offset, s->http, sizeof s->http) < 0)
+		return RB_ECONFIG;
+	return 0;
+}
+
+static int svc_start(svc_run *s)
+{
+	pid_t pid;
+
+	s->pid = read_pid(s->pidfile);
+	if (s->pid && pid_runs(s->pid, strrchr(s->bin, '/') + 1)) {
+		printf("%-8s already running (pid %ld)\n", s->svc->name, (long)s->pid);
+		return 0;
+	}
+	// Something else answering on the service's port would pass for it in the readiness wait.
+	if (http_status(s->http, "/healthz", 500) > 0)
+		return cli_fail("%s: something already answers on http://%s (another ringbid stack "
+		                "with RINGBID_PORT_BASE=%s?)",
+		                s->svc->name, s->http, getenv("RINGBID_PORT_BASE"));
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0)
+		return cli_fail("cannot start %s: %s", s->svc->name, strerror(errno));
+	if (pid == 0) {
+		const char *argv[] = {s->bin, NULL};
+		int in = open("/dev/null", O_RDONLY), out;
+
+		setsid();
+		out = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0640);
+		if (in >= 0)
+			dup2(in, 0);
+		if (out >= 0) {
+			dup2(out, 1);
+			dup2(out, 2);
+		}
+		execv(s->bin, (char *const *)argv);
+		fprintf(stderr, "ringbid: cannot run %s: %s\n", s->bin, strerror(errno));
+		_exit(127);
+	}
+	s->pid = pid;
+	s->started = true;
+	if (write_pid(s->pidfile, pid) < 0)
+		return cli_fail("cannot write %s: %s", s->pidfile, strerror(errno));
+	printf("%-8s started (pid %ld, log %s)\n", s->svc->name, (long)pid, s->log);
+	return 0;
+}
+
+static bool svc_alive(svc_run *s)
+{
+	int status;
+
+	if (s->started)
+		return waitpid(s->pid, &status, WNOHANG) == 0;
+	return pid_runs(s->pid, strrchr(s->bin, '/') + 1);
+}
+
+// Waits until every service answers 200 on /readyz. Returns 0 or an exit status.
+static int wait_ready(svc_run *runs, size_t n)
+{
+	const int64_t deadline = mono_ms() + READY_TIMEOUT_MS;
+	size_t ready = 0;
+
+	for (;;) {
+		for (size_t i = 0; i < n; i++) {
+			svc_run *s = &runs[i];
+
+			if (s->ready)
+				continue;
+			if (!svc_alive(s)) {
+				unlink(s->pidfile);
+				cli_fail("%s exited while starting", s->svc->name);
+				print_tail(s->log);
+				return CLI_EXIT_ERR;
+			}
+			if (http_status(s->http, "/readyz", 1000) == 200) {
+				s->ready = true;
+				ready++;
+				printf("%-8s ready (http://%s/readyz)\n", s->svc->name, s->http);
+				fflush(stdout);
+			}
+		}
+		if (ready == n)
+			return 0;
+		if (mono_ms() >= deadline)
+			break;
+		sleep_ms(200);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (runs[i].ready)
+			continue;
+		cli_fail("%s is not ready after %d s (GET http://%s/readyz)", runs[i].svc->name,
+		         READY_TIMEOUT_MS / 1000, runs[i].http);
+		print_tail(runs[i].log);
+	}
+	return CLI_EXIT_ERR;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ringbid up
+
+static const char up_usage[] =
+        "usage: ringbid up [--no-db]\n"
+        "\n"
+        "Starts ringbid on this machine, in $RINGBID_HOME (default ./var):\n"
+        "  - unless RINGBID_DATABASE_URL or PGHOST is set, a private PostgreSQL cluster in\n"
+        "    $RINGBID_HOME/pg on a free loopback port (RINGBID_PG_PORT to choose it)\n"
+        "  - the database migrations\n"
+        "  - ringbid-billing, -auction, -presence and -broker in the background, logging to\n"
+        "    $RINGBID_HOME/log/<name>.log, their pids in $RINGBID_HOME/run/<name>.pid\n"
+        "and waits until each answers on /readyz. The chosen settings (database URL, port base,\n"
+        "service token) are written to $RINGBID_HOME/env, where every ringbid program finds\n"
+        "them. Services already running are left alone.\n"
+        "\n"
+        "options:\n"
+        "  --no-db    neither start a private PostgreSQL nor run migrations: the services use\n"
+        "             RINGBID_DATABASE_URL / PG* as they are\n";
+
+int cli_cmd_up(int argc, char **argv)
+{
+	cli_opt opts[] = {{.name = "no-db"}};
+	const char *pos[1];
+	size_t npos;
+	char err[256], home[PATH_MAX], bindir[PATH_MAX], envpath[PATH_MAX], dir[PATH_MAX];
+	char portbase[16], pgport[16], url[512], token[256], migrations[PATH_MAX];
+	cli_env_kv kv[4];
+	size_t nkv = 0;
+	svc_run runs[NSERVICES];
+	bool no_db, external, pg_port_from_caller, token_file;
+	int base = PORT_BASE_DEFAULT, port = 0, rc;
+
+	rc = cli_args_parse(argc, argv, opts, 1, pos, 0, &npos, err, sizeof err);
+	if (rc == CLI_ARGS_HELP) {
+		fputs(up_usage, stdout);
+		return CLI_EXIT_OK;
+	}
+	if (rc < 0)
+		return cli_usage_error("up", "%s", err);
+	no_db = cli_opt_has(opts, 1, "no-db");
+
+	// What the caller's environment says, before $RINGBID_HOME/env fills in the rest.
+	external = (getenv("RINGBID_DATABASE_URL") && *getenv("RINGBID_DATABASE_URL")) ||
+	           (getenv("PGHOST") && *getenv("PGHOST"));
+	pg_port_from_caller = getenv("RINGBID_PG_PORT") != NULL;
+	if (cli_home_abs(home, sizeof home) < 0)
+		return cli_fail("cannot resolve RINGBID_HOME");
+	setenv("RINGBID_HOME", home, 1);
+	if (cli_exe_dir(bindir, sizeof bindir) < 0)
+		return cli_fail("cannot find the directory of the ringbid executable");
+	for (size_t i = 0; i < NSERVICES; i++) {
+		char bin[PATH_MAX];
+
+		if ((size_t)snprintf(bin, sizeof bin, "%s/ringbid-%s", bindir, services[i].name) >=
+		            sizeof bin ||
+		    access(bin, X_OK) != 0)
+			return cli_fail("%s is missing: build it ('make')", bin);
+	}
+	const char *subdirs[] = {"", "log", "run"};
+
+	for (size_t i = 0; i < 3; i++) {
+		if (path_fmt(dir, sizeof dir, home, subdirs[i]) < 0 || cli_mkdirs(dir, 0755) < 0)
+			return cli_fail("cannot create %s: %s", dir, strerror(errno));
+	}
+	rc = rb_config_load_home();
+	if (rc < 0)
+		return cli_fail("cannot read %s/env: %s", home, rb_err_str(rc));
+	printf("ringbid home: %s\n", home);
+
+	if ((rc = choose_port_base(&base)) != 0)
+		return rc;
+	snprintf(portbase, sizeof portbase, "%d", base);
+	setenv("RINGBID_PORT_BASE", portbase, 1);
+	kv[nkv++] = (cli_env_kv){"RINGBID_PORT_BASE", portbase};
+
+	token_file = !getenv("RINGBID_SERVICE_TOKEN") && getenv("RINGBID_SERVICE_TOKEN_FILE");
+	if (getenv("RINGBID_SERVICE_TOKEN") && *getenv("RINGBID_SERVICE_TOKEN")) {
+		snprintf(token, sizeof token, "%s", getenv("RINGBID_SERVICE_TOKEN"));
+	} else if (!token_file) {
+		unsigned char rnd[32];
+
+		randombytes_buf(rnd, sizeof rnd);
+		sodium_bin2hex(token, sizeof token, rnd, sizeof rnd);
+		setenv("RINGBID_SERVICE_TOKEN", token, 1);
+	}
+	if (!token_file)
+		kv[nkv++] = (cli_env_kv){"RINGBID_SERVICE_TOKEN", token};
+
+	if (!no_db && !external) {
+		pg p;
+
+		memset(&p, 0, sizeof p);
+
+		if ((rc = pg_init(&p, home)) != 0 ||
+		    (rc = pg_start(&p, pg_port_from_caller, &port)) != 0 ||
+		    (rc = pg_create_db(port)) != 0)
+			return rc;
+		snprintf(url, sizeof url, "postgresql://postgres@127.0.0.1:%d/ringbid", port);
+		snprintf(pgport, sizeof pgport, "%d", port);
+		setenv("RINGBID_DATABASE_URL", url, 1);
+		setenv("RINGBID_PG_PORT", pgport, 1);
+		kv[nkv++] = (cli_env_kv){"RINGBID_DATABASE_URL", url};
+		kv[nkv++] = (cli_env_kv){"RINGBID_PG_PORT", pgport};
+	} else if (getenv("RINGBID_DATABASE_URL") && *getenv("RINGBID_DATABASE_URL")) {
+		snprintf(url, sizeof url, "%s", getenv("RINGBID_DATABASE_URL"));
+		kv[nkv++] = (cli_env_kv){"RINGBID_DATABASE_URL", url};
+	}
+	if (path_fmt(envpath, sizeof envpath, home, "env") < 0 ||
+	    (rc = cli_env_write(envpath, kv, nkv)) < 0)
+		return cli_fail("cannot write %s/env: %s", home, rb_err_str(rc));
+	explicit_bzero(token, sizeof token);
+
+	if (!no_db) {
+		PGconn *conn;
+
+		if (cli_migrations_dir(migrations, sizeof migrations) < 0)
+			return cli_fail("the migrations directory path is too long");
+		if (cli_db_connect(&conn) < 0)
+			return CLI_EXIT_ERR;
+		rc = cli_db_migrate(conn, migrations, false);
+		PQfinish(conn);
+		if (rc < 0)
+			return CLI_EXIT_ERR;
+	}
+
+	for (size_t i = 0; i < NSERVICES; i++) {
+		memset(&runs[i], 0, sizeof runs[i]);
+		if (svc_paths(&runs[i], &services[i], bindir, home) < 0)
+			return cli_fail("bad path or address for %s", services[i].name);
+	}
+	for (size_t i = 0; i < NSERVICES; i++) {
+		if ((rc = svc_start(&runs[i])) != 0)
+			return rc;
+	}
+	if ((rc = wait_ready(runs, NSERVICES)) != 0)
+		return rc;
+	rb_config_url("RINGBID_BROKER_URL", RB_PORT_BROKER_CALLS, url, sizeof url);
+	printf("ringbid is up: calls at %s", url);
+	rb_config_url("RINGBID_PRESENCE_URL", RB_PORT_PRESENCE_AGENTS, url, sizeof url);
+	printf(", agents at %s\n", url);
+	printf("settings in %s, logs in %s/log/; stop with 'ringbid down'\n", envpath, home);
+	return CLI_EXIT_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ringbid down
+
+static const char down_usage[] =
+        "usage: ringbid down [--keep-db]\n"
+        "\n"
+        "Stops the services started by 'ringbid up' (SIGTERM, then SIGKILL after 10 s) and the\n"
+        "private PostgreSQL.\n"
+        "\n"
+        "options:\n"
+        "  --keep-db    stop only the services\n";
+
+int cli_cmd_down(int argc, char **argv)
+{
+	cli_opt opts[] = {{.name = "keep-db"}};
+	const char *pos[1];
+	size_t npos, nstopping = 0;
+	char err[256], home[PATH_MAX], bindir[PATH_MAX];
+	svc_run runs[NSERVICES];
+	bool stopping[NSERVICES] = {false};
+	int rc = cli_args_parse(argc, argv, opts, 1, pos, 0, &npos, err, sizeof err);
+
+	if (rc == CLI_ARGS_HELP) {
+		fputs(down_usage, stdout);
+		return CLI_EXIT_OK;
+	}
+	if (rc < 0)
+		return cli_usage_error("down", "%s", err);
+	if (cli_home_abs(home, sizeof home) < 0)
+		return cli_fail("cannot resolve RINGBID_HOME");
+	if (cli_exe_dir(bindir, sizeof bindir) < 0)
+		return cli_fail("cannot find the directory of the ringbid executable");
+
+	// Reverse start order: the broker stops taking calls first.
+	for (size_t k = 0; k < NSERVICES; k++) {
+		size_t i = NSERVICES - 1 - k;
+		svc_run *s = &runs[i];
+
+		memset(s, 0, sizeof *s);
+		if (svc_paths(s, &services[i], bindir, home) < 0)
+			return cli_fail("bad path for %s", services[i].name);
+		s->pid = read_pid(s->pidfile);
+		if (s->pid && pid_runs(s->pid, strrchr(s->bin, '/') + 1) &&
+		    kill(s->pid, SIGTERM) == 0) {
+			stopping[i] = true;
+			nstopping++;
+		} else {
+			unlink(s->pidfile);
+		}
+	}
+	const int64_t deadline = mono_ms() + STOP_TIMEOUT_MS;
+
+	while (nstopping > 0) {
+		bool late = mono_ms() >= deadline;
+
+		for (size_t k = 0; k < NSERVICES; k++) {
+			size_t i = NSERVICES - 1 - k;
+			svc_run *s = &runs[i];
+
+			if (!stopping[i])
+				continue;
+			if (!pid_runs(s->pid, strrchr(s->bin, '/') + 1)) {
+				printf("%-8s stopped (pid %ld)\n", s->svc->name, (long)s->pid);
+			} else if (late) {
+				kill(s->pid, SIGKILL);
+				printf("%-8s killed (pid %ld): it did not stop within %d s\n",
+				       s->svc->name, (long)s->pid, STOP_TIMEOUT_MS / 1000);
+			} else {
+				continue;
+			}
+			unlink(s->pidfile);
+			stopping[i] = false;
+			nstopping--;
+		}
+		if (nstopping > 0)
+			sleep_ms(100);
+	}
+	fflush(stdout);
+	if (!cli_opt_has(opts, 1, "keep-db")) {
+		pg p;
+
+		memset(&p, 0, sizeof p);
+		char pgdir[PATH_MAX];
+		struct stat st;
+
+		if (path_fmt(pgdir, sizeof pgdir, home, "pg") == 0 && stat(pgdir, &st) == 0 &&
+		    pg_setup(&p, home) == 0 && (rc = pg_stop(&p)) != 0)
+			return rc;
+	}
+	printf("ringbid is down (%s)\n", home);
+	return CLI_EXIT_OK;
+}
