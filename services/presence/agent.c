@@ -1,0 +1,1290 @@
+// Agents, sessions and the agent state machine (DESIGN §4): one transition function, timers as
+// deadlines in a tree, silent links found from a list ordered by when each was last heard.
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#define __unused __attribute__((unused))
+#include <bsd/sys/tree.h>
+#include <uthash.h>
+
+#include "agent.h"
+#include "rb_err.h"
+#include "rb_log.h"
+#include "rb_pb.h"
+#include "rb_time.h"
+
+struct presence_agent {
+	uint64_t id;
+
+	// From the roster.
+	bool in_roster;
+	bool suspended;
+	uint64_t roster_gen;
+	char *secret_hash;
+	char **skills;
+	size_t n_skills;
+	double score;
+
+	// The state machine.
+	presence_state state;
+	uint64_t state_seq;
+	uint64_t state_since_us;
+	uint64_t available_since_us;
+	uint32_t missed;
+	char reason[PRESENCE_REASON_MAX];
+
+	// The session: a token (has_session) and the link it is bound to (pipe, live).
+	bool has_session;
+	bool live;
+	uint8_t token_hash[RB_TOKEN_HASH];
+	uint64_t token_expires_us;
+	uint64_t token_expires_mono;
+	uint32_t pipe;
+	uint64_t heard_mono;
+
+	// The offer in flight (RESERVED) or the call (ON_CALL, WRAP_UP).
+	uint64_t offer_id;
+	uint64_t offer_arrived_us;
+	uint32_t ring_timeout_ms;
+	char caller_masked[PRESENCE_CALLER_MAX + 1];
+	char call_id[PRESENCE_ID_MAX + 1];
+	char program[PRESENCE_ID_MAX + 1];
+	uint32_t wrap_up_s;
+	uint64_t answered_us;
+
+	// What was settled last, so that repeats are answered and not refused.
+	uint64_t last_offer_id;
+	char ended_call_id[PRESENCE_ID_MAX + 1];
+	bool ended_by_agent;
+
+	uint64_t timer_at; // ring timeout or end of wrap-up (monotonic µs); 0 none
+	uint64_t sync_gen;
+
+	UT_hash_handle hh;       // by id
+	UT_hash_handle hh_token; // by token hash, while has_session
+	UT_hash_handle hh_pipe;  // by pipe, while pipe != 0
+	RB_ENTRY(presence_agent) tnode;
+	TAILQ_ENTRY(presence_agent) heard;  // while live: least recently heard first
+	TAILQ_ENTRY(presence_agent) expiry; // while has_session: earliest expiry first
+	TAILQ_ENTRY(presence_agent) busy;   // while RESERVED or ON_CALL
+	bool in_busy;
+};
+
+static int timer_cmp(const presence_agent *x, const presence_agent *y)
+{
+	if (x->timer_at != y->timer_at)
+		return x->timer_at < y->timer_at ? -1 : 1;
+	return x->id < y->id ? -1 : (x->id > y->id);
+}
+
+RB_HEAD(ptimers, presence_agent);
+RB_GENERATE_STATIC(ptimers, presence_agent, tnode, timer_cmp)
+
+struct presence_core {
+	presence_ops ops;
+	presence_config cfg;
+	presence_stats stats;
+
+	presence_agent *by_id;
+	presence_agent *by_token;
+	presence_agent *by_pipe;
+	struct ptimers timers;
+	TAILQ_HEAD(, presence_agent) heard;
+	TAILQ_HEAD(, presence_agent) expiry;
+	TAILQ_HEAD(, presence_agent) busy;
+
+	uint32_t n_agents;
+	uint32_t n_live;
+	uint32_t counts[PRESENCE_NSTATES];
+	uint64_t scheduled; // deadline last handed to ops.schedule; 0 none
+	uint64_t snapshot_id;
+	uint64_t sync_gen;
+	uint64_t roster_gen;
+	bool bulk; // inside a full roster load: the auction gets one snapshot at the end
+	bool roster_loaded;
+	bool stopping; // offers are refused: presence is going away
+	const presence_agent *quiet;
+};
+
+static const char *const state_names[PRESENCE_NSTATES] = {
+        "OFFLINE", "NOT_READY", "AVAILABLE", "RESERVED", "ON_CALL", "WRAP_UP",
+};
+
+const char *presence_state_name(presence_state s)
+{
+	if ((unsigned)s >= PRESENCE_NSTATES)
+		return "?";
+	return state_names[s];
+}
+
+static uint64_t wall(const presence_core *c)
+{
+	return c->ops.wall_us != NULL ? c->ops.wall_us(c->ops.arg) : rb_now_us();
+}
+
+static uint64_t mono(const presence_core *c)
+{
+	return c->ops.mono_us != NULL ? c->ops.mono_us(c->ops.arg) : rb_mono_us();
+}
+
+static void copy_str(char *dst, size_t n, const char *src)
+{
+	snprintf(dst, n, "%s", src != NULL ? src : "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creation and lookup
+
+int presence_core_new(const presence_ops *ops, const presence_config *cfg, presence_core **out)
+{
+	presence_core *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return RB_ENOMEM;
+	c->ops = *ops;
+	c->cfg = *cfg;
+	if (c->cfg.max_missed < 1)
+		c->cfg.max_missed = 1;
+	RB_INIT(&c->timers);
+	TAILQ_INIT(&c->heard);
+	TAILQ_INIT(&c->expiry);
+	TAILQ_INIT(&c->busy);
+	*out = c;
+	return 0;
+}
+
+static void free_skills(presence_agent *a)
+{
+	for (size_t i = 0; i < a->n_skills; i++)
+		free(a->skills[i]);
+	free(a->skills);
+	a->skills = NULL;
+	a->n_skills = 0;
+}
+
+static void agent_destroy(presence_core *c, presence_agent *a)
+{
+	if (a->timer_at != 0)
+		RB_REMOVE(ptimers, &c->timers, a);
+	if (a->live) {
+		TAILQ_REMOVE(&c->heard, a, heard);
+		c->n_live--;
+	}
+	if (a->has_session) {
+		HASH_DELETE(hh_token, c->by_token, a);
+		TAILQ_REMOVE(&c->expiry, a, expiry);
+	}
+	if (a->pipe != 0)
+		HASH_DELETE(hh_pipe, c->by_pipe, a);
+	if (a->in_busy)
+		TAILQ_REMOVE(&c->busy, a, busy);
+	HASH_DELETE(hh, c->by_id, a);
+	c->counts[a->state]--;
+	c->n_agents--;
+	if (c->quiet == a)
+		c->quiet = NULL;
+	free_skills(a);
+	free(a->secret_hash);
+	free(a);
+}
+
+void presence_core_free(presence_core *c)
+{
+	if (c == NULL)
+		return;
+	presence_agent *a, *tmp;
+	HASH_ITER(hh, c->by_id, a, tmp)
+	{
+		agent_destroy(c, a);
+	}
+	free(c);
+}
+
+presence_stats *presence_core_stats(presence_core *c)
+{
+	return &c->stats;
+}
+
+presence_agent *presence_core_find(const presence_core *c, uint64_t id)
+{
+	presence_agent *a = NULL;
+	HASH_FIND(hh, c->by_id, &id, sizeof(id), a);
+	return a;
+}
+
+presence_agent *presence_core_find_pipe(const presence_core *c, uint32_t pipe)
+{
+	presence_agent *a = NULL;
+	if (pipe == 0)
+		return NULL;
+	HASH_FIND(hh_pipe, c->by_pipe, &pipe, sizeof(pipe), a);
+	return a;
+}
+
+static presence_agent *agent_create(presence_core *c, uint64_t id)
+{
+	presence_agent *a = calloc(1, sizeof(*a));
+	if (a == NULL)
+		return NULL;
+	a->id = id;
+	a->state = PRESENCE_OFFLINE;
+	a->score = 50.0;
+	HASH_ADD(hh, c->by_id, id, sizeof(a->id), a);
+	c->counts[PRESENCE_OFFLINE]++;
+	c->n_agents++;
+	return a;
+}
+
+// An agent that is neither in the roster nor holding a call nor logged in is forgotten.
+static void maybe_reap(presence_core *c, presence_agent *a)
+{
+	if (!a->in_roster && a->state == PRESENCE_OFFLINE && !a->has_session && a->pipe == 0)
+		agent_destroy(c, a);
+}
+
+uint64_t presence_agent_id(const presence_agent *a)
+{
+	return a->id;
+}
+presence_state presence_agent_state(const presence_agent *a)
+{
+	return a->state;
+}
+uint64_t presence_agent_state_seq(const presence_agent *a)
+{
+	return a->state_seq;
+}
+uint32_t presence_agent_missed(const presence_agent *a)
+{
+	return a->missed;
+}
+uint64_t presence_agent_offer_id(const presence_agent *a)
+{
+	return a->offer_id;
+}
+const char *presence_agent_call_id(const presence_agent *a)
+{
+	return a->call_id;
+}
+uint32_t presence_agent_pipe(const presence_agent *a)
+{
+	return a->pipe;
+}
+bool presence_agent_live(const presence_agent *a)
+{
+	return a->live;
+}
+bool presence_agent_has_session(const presence_agent *a)
+{
+	return a->has_session;
+}
+bool presence_agent_in_roster(const presence_agent *a)
+{
+	return a->in_roster;
+}
+bool presence_agent_suspended(const presence_agent *a)
+{
+	return a->suspended;
+}
+const char *presence_agent_secret_hash(const presence_agent *a)
+{
+	if (a == NULL || !a->in_roster || a->secret_hash == NULL)
+		return NULL;
+	return a->secret_hash;
+}
+
+void presence_core_counts(const presence_core *c, uint32_t counts[PRESENCE_NSTATES])
+{
+	memcpy(counts, c->counts, sizeof(c->counts));
+}
+
+uint32_t presence_core_size(const presence_core *c)
+{
+	return c->n_agents;
+}
+
+uint32_t presence_core_live_sessions(const presence_core *c)
+{
+	return c->n_live;
+}
+
+bool presence_core_roster_loaded(const presence_core *c)
+{
+	return c->roster_loaded;
+}
+
+void presence_core_quiet(presence_core *c, const presence_agent *a)
+{
+	c->quiet = a;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines
+
+static void note_deadline(presence_core *c, uint64_t t)
+{
+	if (c->scheduled != 0 && c->scheduled <= t)
+		return;
+	c->scheduled = t;
+	if (c->ops.schedule != NULL)
+		c->ops.schedule(c->ops.arg, t);
+}
+
+static void timer_clear(presence_core *c, presence_agent *a)
+{
+	if (a->timer_at == 0)
+		return;
+	RB_REMOVE(ptimers, &c->timers, a);
+	a->timer_at = 0;
+}
+
+static void timer_arm(presence_core *c, presence_agent *a, uint64_t at)
+{
+	timer_clear(c, a);
+	a->timer_at = at != 0 ? at : 1;
+	RB_INSERT(ptimers, &c->timers, a);
+	note_deadline(c, a->timer_at);
+}
+
+static uint64_t heartbeat_us(const presence_core *c)
+{
+	return c->cfg.heartbeat_timeout_ms * 1000;
+}
+
+uint64_t presence_core_next_deadline(const presence_core *c)
+{
+	uint64_t next = 0;
+	presence_agent *t = RB_MIN(ptimers, (struct ptimers *)&c->timers);
+	if (t != NULL)
+		next = t->timer_at;
+	presence_agent *h = TAILQ_FIRST(&c->heard);
+	if (h != NULL) {
+		uint64_t at = h->heard_mono + heartbeat_us(c);
+		if (next == 0 || at < next)
+			next = at;
+	}
+	return next;
+}
+
+static void heard_now(presence_core *c, presence_agent *a)
+{
+	if (a->live)
+		TAILQ_REMOVE(&c->heard, a, heard);
+	else
+		c->n_live++;
+	a->live = true;
+	a->heard_mono = mono(c);
+	TAILQ_INSERT_TAIL(&c->heard, a, heard);
+	if (TAILQ_FIRST(&c->heard) == a)
+		note_deadline(c, a->heard_mono + heartbeat_us(c));
+}
+
+static void heard_drop(presence_core *c, presence_agent *a)
+{
+	if (!a->live)
+		return;
+	TAILQ_REMOVE(&c->heard, a, heard);
+	c->n_live--;
+	a->live = false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the core emits
+
+static void fill_update(const presence_agent *a, Ringbid__AgentUpdate *u)
+{
+	ringbid__agent_update__init(u);
+	u->agent_id = a->id;
+	u->available = a->state == PRESENCE_AVAILABLE && a->live;
+	u->n_skills = a->n_skills;
+	u->skills = a->skills;
+	u->score = a->score;
+	u->available_since_us = a->available_since_us;
+	u->state_seq = a->state_seq;
+}
+
+static void send_update(presence_core *c, const presence_agent *a)
+{
+	if (c->bulk || c->ops.auction == NULL)
+		return;
+	Ringbid__AgentUpdate u;
+	fill_update(a, &u);
+	Ringbid__Envelope e = RINGBID__ENVELOPE__INIT;
+	e.body_case = RINGBID__ENVELOPE__BODY_AGENT;
+	e.agent = &u;
+	c->ops.auction(c->ops.arg, &e);
+}
+
+static void to_client(presence_core *c, uint32_t pipe, Ringbid__AgentMsg *m)
+{
+	if (pipe != 0 && c->ops.client != NULL)
+		c->ops.client(c->ops.arg, pipe, m);
+}
+
+void presence_core_status(const presence_core *c, const presence_agent *a, Ringbid__AgentStatus *st)
+{
+	(void)c;
+	ringbid__agent_status__init(st);
+	st->agent_id = a->id;
+	st->state = (Ringbid__AgentState)a->state;
+	if (a->state == PRESENCE_RESERVED || a->state == PRESENCE_ON_CALL)
+		st->call_id = (char *)a->call_id;
+	if (a->state == PRESENCE_RESERVED)
+		st->offer_id = a->offer_id;
+	st->state_since_us = a->state_since_us;
+	st->missed_offers = a->missed;
+	if (a->has_session)
+		st->token_expires_us = a->token_expires_us;
+	st->reason = (char *)a->reason;
+}
+
+static void push_status(presence_core *c, const presence_agent *a)
+{
+	if (a->pipe == 0 || c->quiet == a)
+		return;
+	Ringbid__AgentStatus st;
+	presence_core_status(c, a, &st);
+	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
+	m.body_case = RINGBID__AGENT_MSG__BODY_STATUS;
+	m.status = &st;
+	to_client(c, a->pipe, &m);
+}
+
+static void error_event(presence_core *c, uint32_t pipe, int code, const char *text)
+{
+	Ringbid__ErrorReply er = RINGBID__ERROR_REPLY__INIT;
+	er.code = code;
+	er.message = (char *)text;
+	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
+	m.body_case = RINGBID__AGENT_MSG__BODY_ERROR;
+	m.error = &er;
+	to_client(c, pipe, &m);
+}
+
+static void call_event(presence_core *c, const presence_agent *a, Ringbid__CallEventKind kind,
+                       uint64_t offer_id, const char *reason)
+{
+	Ringbid__CallEvent ev = RINGBID__CALL_EVENT__INIT;
+	ev.kind = kind;
+	ev.call_id = (char *)a->call_id;
+	ev.offer_id = offer_id;
+	ev.wrap_up_s = a->wrap_up_s;
+	ev.reason = (char *)(reason != NULL ? reason : "");
+	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
+	m.body_case = RINGBID__AGENT_MSG__BODY_CALL_EVENT;
+	m.call_event = &ev;
+	to_client(c, a->pipe, &m);
+}
+
+static void offer_event(presence_core *c, const presence_agent *a)
+{
+	uint64_t now = wall(c);
+	uint64_t waited = now > a->offer_arrived_us ? (now - a->offer_arrived_us) / 1000 : 0;
+	Ringbid__OfferEvent ev = RINGBID__OFFER_EVENT__INIT;
+	ev.offer_id = a->offer_id;
+	ev.call_id = (char *)a->call_id;
+	ev.program = (char *)a->program;
+	ev.wait_ms = waited > UINT32_MAX ? UINT32_MAX : (uint32_t)waited;
+	ev.ring_timeout_ms = a->ring_timeout_ms;
+	ev.caller_masked = (char *)a->caller_masked;
+	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
+	m.body_case = RINGBID__AGENT_MSG__BODY_OFFER;
+	m.offer = &ev;
+	to_client(c, a->pipe, &m);
+}
+
+static const char *const result_names[5] = {"ACCEPTED", "DECLINED", "TIMEOUT", "AGENT_LOST",
+                                            "REFUSED"};
+
+static void offer_result(presence_core *c, uint64_t offer_id, const char *call_id,
+                         uint64_t agent_id, Ringbid__OfferResultCode code)
+{
+	if ((unsigned)code < 5)
+		c->stats.offers[code]++;
+	rb_logf(RB_LOG_INFO, call_id, agent_id, "offer %llu: %s", (unsigned long long)offer_id,
+	        (unsigned)code < 5 ? result_names[code] : "?");
+	if (c->ops.broker == NULL)
+		return;
+	Ringbid__OfferResult r = RINGBID__OFFER_RESULT__INIT;
+	r.offer_id = offer_id;
+	r.call_id = (char *)call_id;
+	r.agent_id = agent_id;
+	r.result = code;
+	Ringbid__Envelope e = RINGBID__ENVELOPE__INIT;
+	e.body_case = RINGBID__ENVELOPE__BODY_OFFER_RESULT;
+	e.offer_result = &r;
+	c->ops.broker(c->ops.arg, &e);
+}
+
+static void agent_hangup(presence_core *c, uint64_t agent_id, const char *call_id)
+{
+	if (c->ops.broker == NULL)
+		return;
+	Ringbid__AgentHangup h = RINGBID__AGENT_HANGUP__INIT;
+	h.call_id = (char *)call_id;
+	h.agent_id = agent_id;
+	Ringbid__Envelope e = RINGBID__ENVELOPE__INIT;
+	e.body_case = RINGBID__ENVELOPE__BODY_AGENT_HANGUP;
+	e.agent_hangup = &h;
+	c->ops.broker(c->ops.arg, &e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The state machine
+
+bool presence_transition_legal(presence_state from, presence_state to)
+{
+	// rows: from, columns: to (OFFLINE NOT_READY AVAILABLE RESERVED ON_CALL WRAP_UP)
+	static const bool legal[PRESENCE_NSTATES][PRESENCE_NSTATES] = {
+	        [PRESENCE_OFFLINE] = {0, 1, 0, 0, 1, 0},
+	        [PRESENCE_NOT_READY] = {1, 0, 1, 0, 1, 0},
+	        [PRESENCE_AVAILABLE] = {1, 1, 0, 1, 1, 0},
+	        [PRESENCE_RESERVED] = {1, 1, 1, 0, 1, 0},
+	        [PRESENCE_ON_CALL] = {0, 0, 0, 0, 0, 1},
+	        [PRESENCE_WRAP_UP] = {1, 1, 1, 0, 1, 0},
+	};
+	if ((unsigned)from >= PRESENCE_NSTATES || (unsigned)to >= PRESENCE_NSTATES)
+		return false;
+	return legal[from][to];
+}
+
+static void busy_set(presence_core *c, presence_agent *a, bool busy)
+{
+	if (busy == a->in_busy)
+		return;
+	if (busy)
+		TAILQ_INSERT_TAIL(&c->busy, a, busy);
+	else
+		TAILQ_REMOVE(&c->busy, a, busy);
+	a->in_busy = busy;
+}
+
+static void clear_call(presence_agent *a)
+{
+	a->call_id[0] = '\0';
+	a->program[0] = '\0';
+	a->caller_masked[0] = '\0';
+	a->wrap_up_s = 0;
+	a->answered_us = 0;
+	a->offer_arrived_us = 0;
+	a->ring_timeout_ms = 0;
+}
+
+int presence_transition(presence_core *c, presence_agent *a, presence_state to, const char *reason)
+{
+	presence_state from = a->state;
+	if (!presence_transition_legal(from, to)) {
+		rb_logf(RB_LOG_WARN, a->call_id[0] ? a->call_id : NULL, a->id,
+		        "refused transition %s -> %s", presence_state_name(from),
+		        presence_state_name(to));
+		return RB_ESTATE;
+	}
+	uint64_t now = wall(c);
+	c->counts[from]--;
+	c->counts[to]++;
+	if (from == PRESENCE_RESERVED || from == PRESENCE_WRAP_UP)
+		timer_clear(c, a);
+	if (from == PRESENCE_RESERVED) {
+		a->last_offer_id = a->offer_id;
+		a->offer_id = 0;
+	}
+	a->state = to;
+	a->state_seq++;
+	a->state_since_us = now;
+	if (to == PRESENCE_AVAILABLE)
+		a->available_since_us = now;
+	copy_str(a->reason, sizeof(a->reason), reason);
+
+	switch (to) {
+	case PRESENCE_OFFLINE:
+	case PRESENCE_NOT_READY:
+	case PRESENCE_AVAILABLE:
+		clear_call(a);
+		busy_set(c, a, false);
+		break;
+	case PRESENCE_RESERVED:
+		busy_set(c, a, true);
+		timer_arm(c, a, mono(c) + (uint64_t)a->ring_timeout_ms * 1000);
+		break;
+	case PRESENCE_ON_CALL:
+		busy_set(c, a, true);
+		break;
+	case PRESENCE_WRAP_UP:
+		busy_set(c, a, false);
+		timer_arm(c, a, mono(c) + (uint64_t)a->wrap_up_s * 1000000);
+		break;
+	default:
+		break;
+	}
+	rb_logf(RB_LOG_DEBUG, a->call_id[0] ? a->call_id : NULL, a->id, "state %s -> %s%s%s",
+	        presence_state_name(from), presence_state_name(to), a->reason[0] ? ": " : "",
+	        a->reason);
+	send_update(c, a);
+	push_status(c, a);
+	return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions and links
+
+static void unbind_pipe(presence_core *c, presence_agent *a)
+{
+	if (a->pipe == 0)
+		return;
+	HASH_DELETE(hh_pipe, c->by_pipe, a);
+	a->pipe = 0;
+}
+
+// The agent's data link is gone (silence, closed connection, logout, a newer login): whatever
+// depends on a live client ends; a call keeps running, for the voice leg is not the data link.
+static void lose_link(presence_core *c, presence_agent *a, const char *reason)
+{
+	if (!a->live)
+		return;
+	heard_drop(c, a);
+	rb_logf(RB_LOG_INFO, a->call_id[0] ? a->call_id : NULL, a->id, "link lost: %s", reason);
+	switch (a->state) {
+	case PRESENCE_RESERVED:
+		offer_result(c, a->offer_id, a->call_id, a->id,
+		             RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+		call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id,
+		           reason);
+		presence_transition(c, a, PRESENCE_OFFLINE, reason);
+		break;
+	case PRESENCE_AVAILABLE:
+	case PRESENCE_NOT_READY:
+		presence_transition(c, a, PRESENCE_OFFLINE, reason);
+		break;
+	default:
+		// ON_CALL and WRAP_UP stay; the auction must still learn the link is gone.
+		send_update(c, a);
+		push_status(c, a);
+		break;
+	}
+}
+
+static void bind_pipe(presence_core *c, presence_agent *a, uint32_t pipe)
+{
+	if (a->pipe == pipe)
+		return;
+	presence_agent *other = presence_core_find_pipe(c, pipe);
+	if (other != NULL && other != a) {
+		// One connection speaks for one agent; the earlier one loses its link.
+		unbind_pipe(c, other);
+		lose_link(c, other, "connection taken over by another agent");
+		maybe_reap(c, other);
+	}
+	if (a->pipe != 0) {
+		error_event(c, a->pipe, RB_ECLOSED, "session replaced elsewhere");
+		unbind_pipe(c, a);
+	}
+	a->pipe = pipe;
+	HASH_ADD(hh_pipe, c->by_pipe, pipe, sizeof(a->pipe), a);
+}
+
+static void revoke_token(presence_core *c, presence_agent *a)
+{
+	if (!a->has_session)
+		return;
+	HASH_DELETE(hh_token, c->by_token, a);
+	TAILQ_REMOVE(&c->expiry, a, expiry);
+	a->has_session = false;
+	a->token_expires_us = 0;
+	a->token_expires_mono = 0;
+}
+
+static void end_session(presence_core *c, presence_agent *a, const char *reason)
+{
+	lose_link(c, a, reason);
+	revoke_token(c, a);
+	unbind_pipe(c, a);
+}
+
+int presence_core_auth(presence_core *c, const char *token, presence_agent **out)
+{
+	uint8_t h[RB_TOKEN_HASH];
+	if (token == NULL || rb_token_hash(token, h) != 0)
+		return RB_EAUTH;
+	presence_agent *a = NULL;
+	HASH_FIND(hh_token, c->by_token, h, RB_TOKEN_HASH, a);
+	if (a == NULL || !rb_token_equal(a->token_hash, h))
+		return RB_EAUTH;
+	if (a->token_expires_mono <= mono(c)) {
+		error_event(c, a->pipe, RB_EAUTH, "session expired: log in again");
+		end_session(c, a, "session expired");
+		return RB_EAUTH;
+	}
+	*out = a;
+	return 0;
+}
+
+int presence_core_login(presence_core *c, presence_agent *a, uint32_t pipe,
+                        char token_hex[RB_TOKEN_HEX])
+{
+	if (!a->in_roster || a->suspended)
+		return RB_EFORBIDDEN;
+	revoke_token(c, a);
+	// A new login is a new session: what the previous one had going ends with it, and the
+	// previous connection hears so before it is let go.
+	lose_link(c, a, "logged in again");
+	bind_pipe(c, a, pipe);
+
+	rb_token_new(token_hex, a->token_hash);
+	HASH_ADD(hh_token, c->by_token, token_hash, RB_TOKEN_HASH, a);
+	a->has_session = true;
+	a->token_expires_us = wall(c) + c->cfg.session_ttl_ms * 1000;
+	a->token_expires_mono = mono(c) + c->cfg.session_ttl_ms * 1000;
+	// The TTL is fixed, so appending keeps the list ordered by expiry.
+	TAILQ_INSERT_TAIL(&c->expiry, a, expiry);
+	heard_now(c, a);
+	c->stats.logins++;
+	rb_logf(RB_LOG_INFO, NULL, a->id, "logged in (state %s)", presence_state_name(a->state));
+	if (a->state == PRESENCE_OFFLINE)
+		presence_transition(c, a, PRESENCE_NOT_READY, "logged in");
+	else
+		send_update(c, a);
+	return 0;
+}
+
+void presence_core_touch(presence_core *c, presence_agent *a, uint32_t pipe)
+{
+	bool rebind = !a->live || a->pipe != pipe;
+	if (rebind)
+		bind_pipe(c, a, pipe);
+	bool was_live = a->live;
+	heard_now(c, a);
+	if (!rebind)
+		return;
+	rb_logf(RB_LOG_INFO, NULL, a->id, "session resumed (state %s)",
+	        presence_state_name(a->state));
+	if (a->state == PRESENCE_OFFLINE) {
+		presence_transition(c, a, PRESENCE_NOT_READY, "session resumed");
+		return;
+	}
+	if (!was_live)
+		send_update(c, a);
+	// The new connection never saw the offer that rings at the agent.
+	if (a->state == PRESENCE_RESERVED)
+		offer_event(c, a);
+}
+
+void presence_core_logout(presence_core *c, presence_agent *a)
+{
+	rb_logf(RB_LOG_INFO, NULL, a->id, "logged out (state %s)", presence_state_name(a->state));
+	end_session(c, a, "logged out");
+}
+
+void presence_core_pipe_closed(presence_core *c, uint32_t pipe)
+{
+	presence_agent *a = presence_core_find_pipe(c, pipe);
+	if (a == NULL)
+		return;
+	unbind_pipe(c, a);
+	lose_link(c, a, "connection closed");
+	maybe_reap(c, a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client requests
+
+static void finish_wrap_up(presence_core *c, presence_agent *a, const char *reason)
+{
+	if (a->live && a->has_session)
+		presence_transition(c, a, PRESENCE_AVAILABLE, reason);
+	else
+		presence_transition(c, a, PRESENCE_OFFLINE, "wrap-up ended without a session");
+}
+
+static void enter_wrap_up(presence_core *c, presence_agent *a, uint32_t wrap_up_s,
+                          const char *reason)
+{
+	a->wrap_up_s = wrap_up_s;
+	if (presence_transition(c, a, PRESENCE_WRAP_UP, reason) != 0)
+		return;
+	if (wrap_up_s == 0)
+		finish_wrap_up(c, a, "no wrap-up time");
+}
+
+int presence_core_set_state(presence_core *c, presence_agent *a, presence_state to)
+{
+	if (to == PRESENCE_AVAILABLE) {
+		if (a->state == PRESENCE_AVAILABLE)
+			return 0;
+		if (a->state != PRESENCE_NOT_READY && a->state != PRESENCE_WRAP_UP)
+			return RB_ESTATE;
+		a->missed = 0;
+		return presence_transition(c, a, PRESENCE_AVAILABLE, "ready");
+	}
+	if (to == PRESENCE_NOT_READY) {
+		if (a->state == PRESENCE_NOT_READY)
+			return 0;
+		if (a->state != PRESENCE_AVAILABLE && a->state != PRESENCE_WRAP_UP)
+			return RB_ESTATE;
+		return presence_transition(c, a, PRESENCE_NOT_READY, "paused");
+	}
+	return RB_EINVAL;
+}
+
+int presence_core_answer(presence_core *c, presence_agent *a, uint64_t offer_id, bool accept)
+{
+	if (offer_id == 0)
+		return RB_ENOTFOUND;
+	if (a->state == PRESENCE_RESERVED && a->offer_id == offer_id) {
+		if (accept) {
+			offer_result(c, offer_id, a->call_id, a->id,
+			             RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+			a->missed = 0;
+			a->answered_us = wall(c);
+			presence_transition(c, a, PRESENCE_ON_CALL, "accepted");
+			call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED, offer_id,
+			           "accepted");
+		} else {
+			offer_result(c, offer_id, a->call_id, a->id,
+			             RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED);
+			presence_transition(c, a, PRESENCE_AVAILABLE, "declined");
+		}
+		return 0;
+	}
+	if (offer_id == a->last_offer_id)
+		return 0;
+	return RB_ENOTFOUND;
+}
+
+int presence_core_end_call(presence_core *c, presence_agent *a, const char *call_id)
+{
+	if (call_id == NULL || call_id[0] == '\0')
+		return RB_ENOTFOUND;
+	if (a->state == PRESENCE_ON_CALL && strcmp(a->call_id, call_id) == 0) {
+		agent_hangup(c, a->id, call_id);
+		copy_str(a->ended_call_id, sizeof(a->ended_call_id), call_id);
+		a->ended_by_agent = true;
+		enter_wrap_up(c, a, a->wrap_up_s, "call ended by the agent");
+		return 0;
+	}
+	if (strcmp(a->ended_call_id, call_id) == 0)
+		return 0;
+	return RB_ENOTFOUND;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The broker
+
+static bool valid_call_id(const char *s)
+{
+	return s != NULL && rb_valid_id(s, PRESENCE_ID_MAX);
+}
+
+#define MAX_RING_MS 600000u
+#define MAX_WRAP_S  86400u
+
+int presence_core_offer(presence_core *c, const Ringbid__Offer *o)
+{
+	if (o->offer_id == 0 || o->agent_id == 0 || !valid_call_id(o->call_id) ||
+	    !valid_call_id(o->program) || o->ring_timeout_ms == 0 ||
+	    o->ring_timeout_ms > MAX_RING_MS || o->wrap_up_s > MAX_WRAP_S ||
+	    (o->caller_masked != NULL && !rb_valid_text(o->caller_masked, PRESENCE_CALLER_MAX)))
+		return RB_EINVAL;
+	presence_agent *a = presence_core_find(c, o->agent_id);
+	if (a != NULL && (a->offer_id == o->offer_id || a->last_offer_id == o->offer_id)) {
+		rb_logf(RB_LOG_DEBUG, o->call_id, o->agent_id, "offer %llu again: ignored",
+		        (unsigned long long)o->offer_id);
+		return 0;
+	}
+	if (a == NULL || a->state != PRESENCE_AVAILABLE || !a->live || c->stopping) {
+		offer_result(c, o->offer_id, o->call_id, o->agent_id,
+		             RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED);
+		// The auction matched on a picture older than ours: send it the current one.
+		if (a != NULL)
+			send_update(c, a);
+		return 0;
+	}
+	a->offer_id = o->offer_id;
+	a->offer_arrived_us = o->arrived_us;
+	a->ring_timeout_ms = o->ring_timeout_ms;
+	copy_str(a->call_id, sizeof(a->call_id), o->call_id);
+	copy_str(a->program, sizeof(a->program), o->program);
+	copy_str(a->caller_masked, sizeof(a->caller_masked), o->caller_masked);
+	a->wrap_up_s = o->wrap_up_s;
+	char reason[PRESENCE_REASON_MAX];
+	snprintf(reason, sizeof(reason), "offered call %s", o->call_id);
+	presence_transition(c, a, PRESENCE_RESERVED, reason);
+	offer_event(c, a);
+	return 0;
+}
+
+int presence_core_offer_cancel(presence_core *c, const Ringbid__OfferCancel *oc)
+{
+	if (oc->offer_id == 0 || oc->agent_id == 0 ||
+	    (oc->call_id != NULL && oc->call_id[0] != '\0' && !valid_call_id(oc->call_id)))
+		return RB_EINVAL;
+	presence_agent *a = presence_core_find(c, oc->agent_id);
+	if (a == NULL || a->state != PRESENCE_RESERVED || a->offer_id != oc->offer_id)
+		return 0;
+	call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id,
+	           "offer withdrawn");
+	presence_transition(c, a, PRESENCE_AVAILABLE, "offer withdrawn");
+	return 0;
+}
+
+int presence_core_call_ended(presence_core *c, const Ringbid__CallEnded *ce)
+{
+	if (ce->agent_id == 0 || !valid_call_id(ce->call_id) || ce->wrap_up_s > MAX_WRAP_S)
+		return RB_EINVAL;
+	presence_agent *a = presence_core_find(c, ce->agent_id);
+	if (a == NULL || a->state != PRESENCE_ON_CALL || strcmp(a->call_id, ce->call_id) != 0)
+		return 0;
+	copy_str(a->ended_call_id, sizeof(a->ended_call_id), ce->call_id);
+	a->ended_by_agent = false;
+	a->wrap_up_s = ce->wrap_up_s;
+	call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_ENDED, 0, "call ended");
+	enter_wrap_up(c, a, ce->wrap_up_s, "call ended");
+	return 0;
+}
+
+static bool valid_agent_call(const Ringbid__AgentCall *ac)
+{
+	if (ac == NULL || ac->agent_id == 0 || !valid_call_id(ac->call_id) ||
+	    ac->wrap_up_s > MAX_WRAP_S)
+		return false;
+	if (ac->program != NULL && ac->program[0] != '\0' && !valid_call_id(ac->program))
+		return false;
+	if (ac->state == RINGBID__CALL_STATE__CALL_OFFERED)
+		return ac->offer_id != 0;
+	return ac->state == RINGBID__CALL_STATE__CALL_CONNECTED;
+}
+
+static int sync_connected(presence_core *c, const Ringbid__AgentCall *ac, uint64_t gen)
+{
+	presence_agent *a = presence_core_find(c, ac->agent_id);
+	if (a == NULL) {
+		// A call outlives the session and even presence itself: keep the agent ON_CALL.
+		a = agent_create(c, ac->agent_id);
+		if (a == NULL)
+			return RB_ENOMEM;
+	}
+	a->sync_gen = gen;
+	if (a->state == PRESENCE_ON_CALL && strcmp(a->call_id, ac->call_id) == 0)
+		return 0;
+	if (a->ended_by_agent && strcmp(a->ended_call_id, ac->call_id) == 0) {
+		// The agent ended it but the broker never heard: say it again.
+		agent_hangup(c, a->id, ac->call_id);
+		return 0;
+	}
+	if (a->state == PRESENCE_RESERVED && strcmp(a->call_id, ac->call_id) != 0)
+		call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id,
+		           "offer withdrawn");
+	copy_str(a->call_id, sizeof(a->call_id), ac->call_id);
+	copy_str(a->program, sizeof(a->program), ac->program);
+	a->wrap_up_s = ac->wrap_up_s;
+	a->answered_us = ac->answered_us != 0 ? ac->answered_us : wall(c);
+	if (a->state == PRESENCE_ON_CALL)
+		push_status(c, a);
+	else
+		presence_transition(c, a, PRESENCE_ON_CALL, "connected call at the broker");
+	call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED, 0,
+	           "connected call at the broker");
+	return 0;
+}
+
+int presence_core_call_sync(presence_core *c, const Ringbid__CallSync *cs)
+{
+	for (size_t i = 0; i < cs->n_calls; i++)
+		if (!valid_agent_call(cs->calls[i]))
+			return RB_EINVAL;
+	uint64_t gen = ++c->sync_gen;
+	int rv = 0;
+	for (size_t i = 0; i < cs->n_calls; i++) {
+		const Ringbid__AgentCall *ac = cs->calls[i];
+		if (ac->state == RINGBID__CALL_STATE__CALL_CONNECTED) {
+			int r = sync_connected(c, ac, gen);
+			if (r != 0)
+				rv = r;
+			continue;
+		}
+		presence_agent *a = presence_core_find(c, ac->agent_id);
+		if (a != NULL && a->state == PRESENCE_RESERVED && a->offer_id == ac->offer_id) {
+			a->sync_gen = gen;
+			continue;
+		}
+		offer_result(c, ac->offer_id, ac->call_id, ac->agent_id,
+		             RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	}
+	// What presence holds and the broker does not know is over.
+	presence_agent *a = TAILQ_FIRST(&c->busy), *next;
+	for (; a != NULL; a = next) {
+		next = TAILQ_NEXT(a, busy);
+		if (a->sync_gen == gen)
+			continue;
+		if (a->state == PRESENCE_RESERVED) {
+			call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN,
+			           a->offer_id, "offer no longer at the broker");
+			presence_transition(c, a, PRESENCE_AVAILABLE,
+			                    "offer no longer at the broker");
+		} else if (a->state == PRESENCE_ON_CALL) {
+			copy_str(a->ended_call_id, sizeof(a->ended_call_id), a->call_id);
+			a->ended_by_agent = false;
+			call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_ENDED, 0,
+			           "call no longer at the broker");
+			enter_wrap_up(c, a, a->wrap_up_s, "call no longer at the broker");
+		}
+	}
+	return rv;
+}
+
+void presence_core_stats_msg(const presence_core *c, Ringbid__AgentCount counts[PRESENCE_NSTATES],
+                             Ringbid__AgentCount *ptrs[PRESENCE_NSTATES])
+{
+	for (int s = 0; s < PRESENCE_NSTATES; s++) {
+		ringbid__agent_count__init(&counts[s]);
+		counts[s].state = (Ringbid__AgentState)s;
+		counts[s].count = c->counts[s];
+		ptrs[s] = &counts[s];
+	}
+}
+
+uint32_t presence_core_stop(presence_core *c)
+{
+	c->stopping = true;
+	uint32_t n = 0;
+	presence_agent *a = TAILQ_FIRST(&c->busy), *next;
+	for (; a != NULL; a = next) {
+		next = TAILQ_NEXT(a, busy);
+		if (a->state != PRESENCE_RESERVED)
+			continue;
+		offer_result(c, a->offer_id, a->call_id, a->id,
+		             RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+		call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id,
+		           "presence is restarting");
+		// The link goes with presence: the agent is not offered anything else meanwhile.
+		heard_drop(c, a);
+		presence_transition(c, a, PRESENCE_OFFLINE, "presence is restarting");
+		n++;
+	}
+	return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The auction
+
+int presence_core_snapshot(presence_core *c)
+{
+	if (c->ops.auction == NULL)
+		return 0;
+	Ringbid__AgentUpdate *ups = calloc(PRESENCE_SNAPSHOT_CHUNK, sizeof(*ups));
+	Ringbid__AgentUpdate **ptrs = calloc(PRESENCE_SNAPSHOT_CHUNK, sizeof(*ptrs));
+	if (ups == NULL || ptrs == NULL) {
+		free(ups);
+		free(ptrs);
+		return RB_ENOMEM;
+	}
+	uint64_t id = ++c->snapshot_id;
+	Ringbid__AgentSnapshot snap = RINGBID__AGENT_SNAPSHOT__INIT;
+	Ringbid__Envelope e = RINGBID__ENVELOPE__INIT;
+	e.body_case = RINGBID__ENVELOPE__BODY_SNAPSHOT;
+	e.snapshot = &snap;
+	snap.snapshot_id = id;
+	snap.first = true;
+	snap.agents = ptrs;
+	size_t n = 0, sent = 0;
+	presence_agent *a, *tmp;
+	HASH_ITER(hh, c->by_id, a, tmp)
+	{
+		fill_update(a, &ups[n]);
+		ptrs[n] = &ups[n];
+		n++;
+		sent++;
+		if (n == PRESENCE_SNAPSHOT_CHUNK && sent < c->n_agents) {
+			snap.n_agents = n;
+			snap.last = false;
+			c->ops.auction(c->ops.arg, &e);
+			snap.first = false;
+			n = 0;
+		}
+	}
+	snap.n_agents = n;
+	snap.last = true;
+	c->ops.auction(c->ops.arg, &e);
+	rb_logf(RB_LOG_INFO, NULL, 0, "snapshot %llu of %u agents sent to the auction",
+	        (unsigned long long)id, c->n_agents);
+	free(ups);
+	free(ptrs);
+	return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The roster
+
+void presence_core_roster_begin(presence_core *c)
+{
+	c->roster_gen++;
+	c->bulk = true;
+}
+
+static bool same_skills(const presence_agent *a, const presence_roster_row *row, size_t n)
+{
+	if (a->n_skills != n)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(a->skills[i], row->skills[i]) != 0)
+			return false;
+	return true;
+}
+
+static int set_skills(presence_agent *a, const presence_roster_row *row, size_t n)
+{
+	char **v = n > 0 ? calloc(n, sizeof(*v)) : NULL;
+	if (n > 0 && v == NULL)
+		return RB_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		v[i] = strdup(row->skills[i]);
+		if (v[i] == NULL) {
+			for (size_t j = 0; j < i; j++)
+				free(v[j]);
+			free(v);
+			return RB_ENOMEM;
+		}
+	}
+	free_skills(a);
+	a->skills = v;
+	a->n_skills = n;
+	return 0;
+}
+
+int presence_core_roster_upsert(presence_core *c, const presence_roster_row *row)
+{
+	if (row->id == 0)
+		return RB_EINVAL;
+	size_t n = row->n_skills > PRESENCE_MAX_SKILLS ? PRESENCE_MAX_SKILLS : row->n_skills;
+	char *hash = NULL;
+	if (row->secret_hash != NULL && row->secret_hash[0] != '\0' &&
+	    strlen(row->secret_hash) < RB_SECRET_HASH_MAX) {
+		hash = strdup(row->secret_hash);
+		if (hash == NULL)
+			return RB_ENOMEM;
+	}
+	presence_agent *a = presence_core_find(c, row->id);
+	bool created = false;
+	if (a == NULL) {
+		a = agent_create(c, row->id);
+		if (a == NULL) {
+			free(hash);
+			return RB_ENOMEM;
+		}
+		created = true;
+	}
+	bool changed =
+	        created || !a->in_roster || a->score != row->score || !same_skills(a, row, n);
+	if (!same_skills(a, row, n) && set_skills(a, row, n) != 0) {
+		free(hash);
+		if (created)
+			agent_destroy(c, a);
+		return RB_ENOMEM;
+	}
+	free(a->secret_hash);
+	a->secret_hash = hash;
+	a->score = row->score;
+	a->in_roster = true;
+	a->roster_gen = c->roster_gen;
+	bool newly_suspended = row->suspended && !a->suspended;
+	a->suspended = row->suspended;
+	if (newly_suspended && (a->has_session || a->pipe != 0)) {
+		rb_logf(RB_LOG_INFO, NULL, a->id, "suspended: session ended");
+		error_event(c, a->pipe, RB_EFORBIDDEN, "agent suspended");
+		end_session(c, a, "agent suspended");
+	}
+	if (changed)
+		send_update(c, a);
+	return 0;
+}
+
+void presence_core_roster_remove(presence_core *c, uint64_t id)
+{
+	presence_agent *a = presence_core_find(c, id);
+	if (a == NULL || !a->in_roster)
+		return;
+	a->in_roster = false;
+	free(a->secret_hash);
+	a->secret_hash = NULL;
+	if (a->has_session || a->pipe != 0) {
+		rb_logf(RB_LOG_INFO, NULL, a->id, "removed from the roster: session ended");
+		error_event(c, a->pipe, RB_EFORBIDDEN, "agent removed from the roster");
+		end_session(c, a, "agent removed from the roster");
+	}
+	maybe_reap(c, a);
+}
+
+void presence_core_roster_end(presence_core *c)
+{
+	presence_agent *a, *tmp;
+	HASH_ITER(hh, c->by_id, a, tmp)
+	{
+		if (a->in_roster && a->roster_gen != c->roster_gen)
+			presence_core_roster_remove(c, a->id);
+	}
+	c->bulk = false;
+	c->roster_loaded = true;
+	presence_core_snapshot(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time
+
+static void ring_timeout(presence_core *c, presence_agent *a)
+{
+	offer_result(c, a->offer_id, a->call_id, a->id, RINGBID__OFFER_RESULT_CODE__OFFER_TIMEOUT);
+	call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id,
+	           "no answer");
+	if (a->missed < UINT32_MAX)
+		a->missed++;
+	if (a->missed >= c->cfg.max_missed) {
+		char reason[PRESENCE_REASON_MAX];
+		snprintf(reason, sizeof(reason), "missed %u offers in a row", a->missed);
+		rb_logf(RB_LOG_INFO, NULL, a->id, "%s: not ready", reason);
+		presence_transition(c, a, PRESENCE_NOT_READY, reason);
+	} else {
+		presence_transition(c, a, PRESENCE_AVAILABLE, "offer not answered");
+	}
+}
+
+void presence_core_tick(presence_core *c)
+{
+	uint64_t now = mono(c);
+	c->scheduled = 0;
+	for (;;) {
+		presence_agent *a = RB_MIN(ptimers, &c->timers);
+		if (a != NULL && a->timer_at <= now) {
+			timer_clear(c, a);
+			if (a->state == PRESENCE_RESERVED) {
+				ring_timeout(c, a);
+			} else if (a->state == PRESENCE_WRAP_UP) {
+				finish_wrap_up(c, a, "wrap-up ended");
+				maybe_reap(c, a);
+			}
+			continue;
+		}
+		presence_agent *h = TAILQ_FIRST(&c->heard);
+		if (h != NULL && h->heard_mono + heartbeat_us(c) <= now) {
+			char reason[PRESENCE_REASON_MAX];
+			snprintf(reason, sizeof(reason), "no heartbeat for %llu ms",
+			         (unsigned long long)c->cfg.heartbeat_timeout_ms);
+			lose_link(c, h, reason);
+			continue;
+		}
+		break;
+	}
+	uint64_t next = presence_core_next_deadline(c);
+	if (next != 0)
+		note_deadline(c, next);
+}
+
+void presence_core_janitor(presence_core *c)
+{
+	uint64_t now = mono(c);
+	presence_agent *a;
+	while ((a = TAILQ_FIRST(&c->expiry)) != NULL && a->token_expires_mono <= now) {
+		error_event(c, a->pipe, RB_EAUTH, "session expired: log in again");
+		end_session(c, a, "session expired");
+		maybe_reap(c, a);
+	}
+}

@@ -1,0 +1,1400 @@
+// Unit tests of the agent state machine, sessions, offers, timers and broker sync, driven by a
+// fake clock and fake links that record what the core sends.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent.h"
+#include "rb_err.h"
+#include "rb_secret.h"
+
+#define CAP 8192
+#define MS  1000ULL
+#define SEC 1000000ULL
+
+typedef struct cmsg {
+	uint32_t pipe;
+	uint64_t seq;
+	Ringbid__AgentMsg__BodyCase body;
+	int state;
+	int kind;
+	uint64_t offer_id;
+	int code;
+	uint32_t wait_ms;
+	uint32_t ring_ms;
+	char call_id[80];
+	char text[128];
+} cmsg;
+
+typedef struct bmsg {
+	Ringbid__Envelope__BodyCase body;
+	uint64_t offer_id;
+	uint64_t agent_id;
+	int result;
+	char call_id[80];
+} bmsg;
+
+typedef struct amsg {
+	Ringbid__Envelope__BodyCase body;
+	uint64_t agent_id;
+	bool available;
+	uint64_t state_seq;
+	uint64_t since;
+	double score;
+	size_t n_skills;
+	uint64_t snapshot_id;
+	bool first, last;
+	size_t n_agents;
+} amsg;
+
+typedef struct fx {
+	presence_core *c;
+	uint64_t mono, wall;
+	cmsg cm[CAP];
+	size_t ncm;
+	bmsg bm[CAP];
+	size_t nbm;
+	amsg am[CAP];
+	size_t nam;
+	uint64_t scheduled;
+	bool count_only; // scale tests: count messages, keep none
+	size_t sent;
+} fx;
+
+static void op_client(void *arg, uint32_t pipe, const Ringbid__AgentMsg *m)
+{
+	fx *f = arg;
+	if (f->count_only) {
+		f->sent++;
+		return;
+	}
+	assert_true(f->ncm < CAP);
+	cmsg *x = &f->cm[f->ncm++];
+	memset(x, 0, sizeof(*x));
+	x->pipe = pipe;
+	x->seq = m->seq;
+	x->body = m->body_case;
+	switch (m->body_case) {
+	case RINGBID__AGENT_MSG__BODY_STATUS:
+		x->state = m->status->state;
+		x->offer_id = m->status->offer_id;
+		snprintf(x->call_id, sizeof(x->call_id), "%s", m->status->call_id);
+		snprintf(x->text, sizeof(x->text), "%s", m->status->reason);
+		break;
+	case RINGBID__AGENT_MSG__BODY_OFFER:
+		x->offer_id = m->offer->offer_id;
+		x->wait_ms = m->offer->wait_ms;
+		x->ring_ms = m->offer->ring_timeout_ms;
+		snprintf(x->call_id, sizeof(x->call_id), "%s", m->offer->call_id);
+		break;
+	case RINGBID__AGENT_MSG__BODY_CALL_EVENT:
+		x->kind = m->call_event->kind;
+		x->offer_id = m->call_event->offer_id;
+		snprintf(x->call_id, sizeof(x->call_id), "%s", m->call_event->call_id);
+		snprintf(x->text, sizeof(x->text), "%s", m->call_event->reason);
+		break;
+	case RINGBID__AGENT_MSG__BODY_ERROR:
+		x->code = m->error->code;
+		snprintf(x->text, sizeof(x->text), "%s", m->error->message);
+		break;
+	default:
+		fail_msg("unexpected client message %d", m->body_case);
+	}
+}
+
+static void op_broker(void *arg, const Ringbid__Envelope *e)
+{
+	fx *f = arg;
+	if (f->count_only) {
+		f->sent++;
+		return;
+	}
+	assert_true(f->nbm < CAP);
+	bmsg *x = &f->bm[f->nbm++];
+	memset(x, 0, sizeof(*x));
+	x->body = e->body_case;
+	if (e->body_case == RINGBID__ENVELOPE__BODY_OFFER_RESULT) {
+		x->offer_id = e->offer_result->offer_id;
+		x->agent_id = e->offer_result->agent_id;
+		x->result = e->offer_result->result;
+		snprintf(x->call_id, sizeof(x->call_id), "%s", e->offer_result->call_id);
+	} else if (e->body_case == RINGBID__ENVELOPE__BODY_AGENT_HANGUP) {
+		x->agent_id = e->agent_hangup->agent_id;
+		snprintf(x->call_id, sizeof(x->call_id), "%s", e->agent_hangup->call_id);
+	} else {
+		fail_msg("unexpected broker message %d", e->body_case);
+	}
+}
+
+static void op_auction(void *arg, const Ringbid__Envelope *e)
+{
+	fx *f = arg;
+	if (f->count_only) {
+		f->sent++;
+		return;
+	}
+	assert_true(f->nam < CAP);
+	amsg *x = &f->am[f->nam++];
+	memset(x, 0, sizeof(*x));
+	x->body = e->body_case;
+	if (e->body_case == RINGBID__ENVELOPE__BODY_AGENT) {
+		x->agent_id = e->agent->agent_id;
+		x->available = e->agent->available;
+		x->state_seq = e->agent->state_seq;
+		x->since = e->agent->available_since_us;
+		x->score = e->agent->score;
+		x->n_skills = e->agent->n_skills;
+	} else if (e->body_case == RINGBID__ENVELOPE__BODY_SNAPSHOT) {
+		x->snapshot_id = e->snapshot->snapshot_id;
+		x->first = e->snapshot->first;
+		x->last = e->snapshot->last;
+		x->n_agents = e->snapshot->n_agents;
+		for (size_t i = 0; i < e->snapshot->n_agents; i++)
+			assert_true(e->snapshot->agents[i]->agent_id != 0);
+	} else {
+		fail_msg("unexpected auction message %d", e->body_case);
+	}
+}
+
+static void op_schedule(void *arg, uint64_t t)
+{
+	fx *f = arg;
+	f->scheduled = t;
+}
+
+static uint64_t op_wall(void *arg)
+{
+	return ((fx *)arg)->wall;
+}
+
+static uint64_t op_mono(void *arg)
+{
+	return ((fx *)arg)->mono;
+}
+
+static fx *fx_new_hb(uint32_t max_missed, uint64_t heartbeat_ms)
+{
+	fx *f = calloc(1, sizeof(*f));
+	assert_non_null(f);
+	f->mono = 1000 * SEC;
+	f->wall = 1700000000ULL * SEC;
+	presence_ops ops = {
+	        .client = op_client,
+	        .broker = op_broker,
+	        .auction = op_auction,
+	        .schedule = op_schedule,
+	        .wall_us = op_wall,
+	        .mono_us = op_mono,
+	        .arg = f,
+	};
+	presence_config cfg = {
+	        .heartbeat_timeout_ms = heartbeat_ms,
+	        .max_missed = max_missed,
+	        .session_ttl_ms = 3600 * 1000,
+	};
+	assert_int_equal(presence_core_new(&ops, &cfg, &f->c), 0);
+	return f;
+}
+
+// Most tests are not about heartbeats: an hour of silence is allowed.
+static fx *fx_new(uint32_t max_missed)
+{
+	return fx_new_hb(max_missed, 3600 * 1000);
+}
+
+static void fx_free(fx *f)
+{
+	presence_core_free(f->c);
+	free(f);
+}
+
+static void clear(fx *f)
+{
+	f->ncm = f->nbm = f->nam = 0;
+}
+
+static void advance(fx *f, uint64_t us)
+{
+	f->mono += us;
+	f->wall += us;
+	presence_core_tick(f->c);
+}
+
+static presence_agent *add_agent(fx *f, uint64_t id, double score)
+{
+	char *skills[] = {"sales", "es"};
+	presence_roster_row row = {
+	        .id = id,
+	        .secret_hash = "$argon2id$v=19$m=65536,t=2,p=1$fake",
+	        .skills = skills,
+	        .n_skills = 2,
+	        .score = score,
+	};
+	assert_int_equal(presence_core_roster_upsert(f->c, &row), 0);
+	presence_agent *a = presence_core_find(f->c, id);
+	assert_non_null(a);
+	return a;
+}
+
+static presence_agent *login(fx *f, uint64_t id, uint32_t pipe, char token[RB_TOKEN_HEX])
+{
+	presence_agent *a = presence_core_find(f->c, id);
+	if (a == NULL)
+		a = add_agent(f, id, 50);
+	char tmp[RB_TOKEN_HEX];
+	assert_int_equal(presence_core_login(f->c, a, pipe, token != NULL ? token : tmp), 0);
+	return a;
+}
+
+static presence_agent *ready_agent(fx *f, uint64_t id, uint32_t pipe, char token[RB_TOKEN_HEX])
+{
+	presence_agent *a = login(f, id, pipe, token);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	return a;
+}
+
+static void offer(fx *f, uint64_t offer_id, const char *call_id, uint64_t agent_id,
+                  uint32_t ring_ms, uint32_t wrap_s)
+{
+	Ringbid__Offer o = RINGBID__OFFER__INIT;
+	o.offer_id = offer_id;
+	o.call_id = (char *)call_id;
+	o.agent_id = agent_id;
+	o.program = "sales";
+	o.arrived_us = f->wall - 12 * SEC;
+	o.ring_timeout_ms = ring_ms;
+	o.wrap_up_s = wrap_s;
+	o.caller_masked = "+1*******42";
+	assert_int_equal(presence_core_offer(f->c, &o), 0);
+}
+
+static const bmsg *last_result(const fx *f)
+{
+	for (size_t i = f->nbm; i > 0; i--)
+		if (f->bm[i - 1].body == RINGBID__ENVELOPE__BODY_OFFER_RESULT)
+			return &f->bm[i - 1];
+	return NULL;
+}
+
+static size_t count_results(const fx *f, int result)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < f->nbm; i++)
+		if (f->bm[i].body == RINGBID__ENVELOPE__BODY_OFFER_RESULT &&
+		    f->bm[i].result == result)
+			n++;
+	return n;
+}
+
+static const amsg *last_update(const fx *f, uint64_t id)
+{
+	for (size_t i = f->nam; i > 0; i--)
+		if (f->am[i - 1].body == RINGBID__ENVELOPE__BODY_AGENT &&
+		    f->am[i - 1].agent_id == id)
+			return &f->am[i - 1];
+	return NULL;
+}
+
+static const cmsg *find_client(const fx *f, Ringbid__AgentMsg__BodyCase body, int kind)
+{
+	for (size_t i = f->ncm; i > 0; i--) {
+		const cmsg *x = &f->cm[i - 1];
+		if (x->body == body &&
+		    (body != RINGBID__AGENT_MSG__BODY_CALL_EVENT || x->kind == kind))
+			return x;
+	}
+	return NULL;
+}
+
+static int group_setup(void **state)
+{
+	(void)state;
+	return rb_secret_init();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+static void test_transition_table(void **state)
+{
+	(void)state;
+	// The machine of DESIGN §4, written out pair by pair.
+	static const struct {
+		presence_state from, to;
+	} legal[] = {
+	        {PRESENCE_OFFLINE, PRESENCE_NOT_READY},   {PRESENCE_OFFLINE, PRESENCE_ON_CALL},
+	        {PRESENCE_NOT_READY, PRESENCE_AVAILABLE}, {PRESENCE_NOT_READY, PRESENCE_OFFLINE},
+	        {PRESENCE_NOT_READY, PRESENCE_ON_CALL},   {PRESENCE_AVAILABLE, PRESENCE_NOT_READY},
+	        {PRESENCE_AVAILABLE, PRESENCE_RESERVED},  {PRESENCE_AVAILABLE, PRESENCE_OFFLINE},
+	        {PRESENCE_AVAILABLE, PRESENCE_ON_CALL},   {PRESENCE_RESERVED, PRESENCE_ON_CALL},
+	        {PRESENCE_RESERVED, PRESENCE_AVAILABLE},  {PRESENCE_RESERVED, PRESENCE_NOT_READY},
+	        {PRESENCE_RESERVED, PRESENCE_OFFLINE},    {PRESENCE_ON_CALL, PRESENCE_WRAP_UP},
+	        {PRESENCE_WRAP_UP, PRESENCE_AVAILABLE},   {PRESENCE_WRAP_UP, PRESENCE_NOT_READY},
+	        {PRESENCE_WRAP_UP, PRESENCE_OFFLINE},     {PRESENCE_WRAP_UP, PRESENCE_ON_CALL},
+	};
+	for (int from = 0; from < PRESENCE_NSTATES; from++) {
+		for (int to = 0; to < PRESENCE_NSTATES; to++) {
+			bool want = false;
+			for (size_t i = 0; i < sizeof(legal) / sizeof(legal[0]); i++)
+				if (legal[i].from == (presence_state)from &&
+				    legal[i].to == (presence_state)to)
+					want = true;
+			if (presence_transition_legal(from, to) != want)
+				fail_msg("%s -> %s should be %s", presence_state_name(from),
+				         presence_state_name(to), want ? "legal" : "illegal");
+		}
+	}
+	assert_false(presence_transition_legal(PRESENCE_NSTATES, PRESENCE_OFFLINE));
+	assert_false(presence_transition_legal(PRESENCE_OFFLINE, PRESENCE_NSTATES));
+}
+
+// Walks an agent to state s along legal transitions.
+static void walk_to(fx *f, presence_agent *a, presence_state s)
+{
+	static const presence_state path[] = {PRESENCE_NOT_READY, PRESENCE_AVAILABLE,
+	                                      PRESENCE_RESERVED, PRESENCE_ON_CALL,
+	                                      PRESENCE_WRAP_UP};
+	for (size_t i = 0; i < 5 && presence_agent_state(a) != s; i++)
+		assert_int_equal(presence_transition(f->c, a, path[i], "walk"), 0);
+	assert_int_equal(presence_agent_state(a), s);
+}
+
+static void test_transition_function(void **state)
+{
+	(void)state;
+	for (int from = 0; from < PRESENCE_NSTATES; from++) {
+		for (int to = 0; to < PRESENCE_NSTATES; to++) {
+			fx *f = fx_new(2);
+			presence_agent *a = add_agent(f, 7, 60);
+			walk_to(f, a, (presence_state)from);
+			uint64_t seq = presence_agent_state_seq(a);
+			uint32_t counts[PRESENCE_NSTATES];
+			clear(f);
+			f->wall += SEC;
+			int rv = presence_transition(f->c, a, (presence_state)to, "test");
+			presence_core_counts(f->c, counts);
+			if (presence_transition_legal(from, to)) {
+				assert_int_equal(rv, 0);
+				assert_int_equal(presence_agent_state(a), to);
+				assert_int_equal(presence_agent_state_seq(a), seq + 1);
+				assert_int_equal(counts[to], 1);
+				// Every transition tells the auction, with the new sequence.
+				const amsg *u = last_update(f, 7);
+				assert_non_null(u);
+				assert_int_equal(u->state_seq, seq + 1);
+				assert_int_equal(u->available, false); // no live session
+			} else {
+				assert_int_equal(rv, RB_ESTATE);
+				assert_int_equal(presence_agent_state(a), from);
+				assert_int_equal(presence_agent_state_seq(a), seq);
+				assert_int_equal(counts[from], 1);
+				assert_int_equal(f->nam, 0);
+			}
+			fx_free(f);
+		}
+	}
+}
+
+static void test_login_and_ready(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	add_agent(f, 1, 80);
+	char token[RB_TOKEN_HEX];
+	clear(f);
+	presence_agent *a = login(f, 1, 11, token);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	assert_true(presence_agent_live(a));
+	assert_int_equal(strlen(token), 64);
+	// The status event goes to the agent's own connection.
+	const cmsg *st = find_client(f, RINGBID__AGENT_MSG__BODY_STATUS, 0);
+	assert_non_null(st);
+	assert_int_equal(st->pipe, 11);
+	assert_int_equal(st->state, PRESENCE_NOT_READY);
+
+	presence_agent *b = NULL;
+	assert_int_equal(presence_core_auth(f->c, token, &b), 0);
+	assert_ptr_equal(a, b);
+	assert_int_equal(presence_core_auth(f->c, "00", &b), RB_EAUTH);
+	char other[RB_TOKEN_HEX];
+	memcpy(other, token, sizeof(other));
+	other[0] = other[0] == 'a' ? 'b' : 'a';
+	assert_int_equal(presence_core_auth(f->c, other, &b), RB_EAUTH);
+
+	f->wall += 5 * SEC;
+	clear(f);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+	const amsg *u = last_update(f, 1);
+	assert_non_null(u);
+	assert_true(u->available);
+	assert_int_equal(u->since, f->wall);
+	assert_int_equal(u->n_skills, 2);
+	assert_true(u->score == 80);
+	// Ready again is not an error and changes nothing.
+	uint64_t seq = presence_agent_state_seq(a);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+	assert_int_equal(presence_agent_state_seq(a), seq);
+	// Pause and back.
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	assert_false(last_update(f, 1)->available);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_ON_CALL), RB_EINVAL);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	fx_free(f);
+}
+
+static void test_quiet_request(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = login(f, 1, 11, NULL);
+	clear(f);
+	// The reply to the client's own request carries the status: no duplicate event.
+	presence_core_quiet(f->c, a);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+	presence_core_quiet(f->c, NULL);
+	assert_int_equal(f->ncm, 0);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), 0);
+	assert_int_equal(f->ncm, 1);
+	fx_free(f);
+}
+
+static void test_offer_accept_end(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	ready_agent(f, 2, 22, NULL);
+	clear(f);
+	offer(f, 100, "c1", 1, 15000, 30);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_offer_id(a), 100);
+	assert_string_equal(presence_agent_call_id(a), "c1");
+	// The offer reaches agent 1's connection only.
+	const cmsg *ev = find_client(f, RINGBID__AGENT_MSG__BODY_OFFER, 0);
+	assert_non_null(ev);
+	assert_int_equal(ev->pipe, 11);
+	assert_int_equal(ev->offer_id, 100);
+	assert_int_equal(ev->wait_ms, 12000);
+	assert_int_equal(ev->ring_ms, 15000);
+	for (size_t i = 0; i < f->ncm; i++)
+		assert_int_equal(f->cm[i].pipe, 11);
+	assert_false(last_update(f, 1)->available);
+	// The ring timer is scheduled.
+	assert_int_equal(f->scheduled, f->mono + 15000 * MS);
+
+	// Another agent's offer id is unknown to this one.
+	presence_agent *b = presence_core_find(f->c, 2);
+	assert_int_equal(presence_core_answer(f->c, b, 100, true), RB_ENOTFOUND);
+	assert_int_equal(presence_agent_state(b), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_core_answer(f->c, a, 999, true), RB_ENOTFOUND);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+
+	clear(f);
+	assert_int_equal(presence_core_answer(f->c, a, 100, true), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	const bmsg *r = last_result(f);
+	assert_non_null(r);
+	assert_int_equal(r->result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	assert_int_equal(r->offer_id, 100);
+	assert_int_equal(r->agent_id, 1);
+	assert_string_equal(r->call_id, "c1");
+	ev = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                 RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED);
+	assert_non_null(ev);
+	assert_string_equal(ev->call_id, "c1");
+	// Accepting again is idempotent: no second result.
+	assert_int_equal(presence_core_answer(f->c, a, 100, true), 0);
+	assert_int_equal(count_results(f, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED), 1);
+	// The ring timer no longer fires.
+	clear(f);
+	advance(f, 20 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_int_equal(f->nbm, 0);
+
+	// Ending another call is refused; ending this one goes to WRAP_UP.
+	assert_int_equal(presence_core_end_call(f->c, a, "c2"), RB_ENOTFOUND);
+	assert_int_equal(presence_core_end_call(f->c, a, "c1"), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
+	assert_int_equal(f->bm[f->nbm - 1].body, RINGBID__ENVELOPE__BODY_AGENT_HANGUP);
+	assert_string_equal(f->bm[f->nbm - 1].call_id, "c1");
+	assert_int_equal(presence_core_end_call(f->c, a, "c1"), 0); // repeated: fine
+	assert_int_equal(f->bm[f->nbm - 1].body, RINGBID__ENVELOPE__BODY_AGENT_HANGUP);
+	size_t hangups = 0;
+	for (size_t i = 0; i < f->nbm; i++)
+		hangups += f->bm[i].body == RINGBID__ENVELOPE__BODY_AGENT_HANGUP;
+	assert_int_equal(hangups, 1);
+
+	// Wrap-up lasts the offer's 30 s.
+	advance(f, 29 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
+	advance(f, 1 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_true(last_update(f, 1)->available);
+	fx_free(f);
+}
+
+static void test_wrap_up_zero_and_ready(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 15000, 0);
+	assert_int_equal(presence_core_answer(f->c, a, 1, true), 0);
+	assert_int_equal(presence_core_end_call(f->c, a, "c1"), 0);
+	// No wrap-up time: straight back to AVAILABLE.
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+
+	offer(f, 2, "c2", 1, 15000, 60);
+	assert_int_equal(presence_core_answer(f->c, a, 2, true), 0);
+	// The broker ends the call: WRAP_UP, and CallEnded again changes nothing.
+	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
+	ce.call_id = "c2";
+	ce.agent_id = 1;
+	ce.wrap_up_s = 60;
+	clear(f);
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
+	assert_non_null(find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                            RINGBID__CALL_EVENT_KIND__CALL_EVENT_ENDED));
+	uint64_t seq = presence_agent_state_seq(a);
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(presence_agent_state_seq(a), seq);
+	// The agent says ready before the wrap-up time is over; the timer then does nothing.
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+	seq = presence_agent_state_seq(a);
+	advance(f, 61 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_agent_state_seq(a), seq);
+	// WRAP_UP -> NOT_READY on request.
+	offer(f, 3, "c3", 1, 15000, 60);
+	presence_core_answer(f->c, a, 3, true);
+	presence_core_end_call(f->c, a, "c3");
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	// SetState is refused in RESERVED and ON_CALL.
+	presence_core_set_state(f->c, a, PRESENCE_AVAILABLE);
+	offer(f, 4, "c4", 1, 15000, 60);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), RB_ESTATE);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), RB_ESTATE);
+	presence_core_answer(f->c, a, 4, true);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), RB_ESTATE);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), RB_ESTATE);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	fx_free(f);
+}
+
+static void test_offer_refused_and_duplicate(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = login(f, 1, 11, NULL); // NOT_READY
+	clear(f);
+	offer(f, 5, "c1", 1, 15000, 30);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED);
+	// The auction gets the current picture again.
+	assert_non_null(last_update(f, 1));
+	// Unknown agent.
+	offer(f, 6, "c2", 999, 15000, 30);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED);
+	assert_int_equal(last_result(f)->agent_id, 999);
+
+	presence_core_set_state(f->c, a, PRESENCE_AVAILABLE);
+	offer(f, 7, "c3", 1, 15000, 30);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	uint64_t seq = presence_agent_state_seq(a);
+	clear(f);
+	offer(f, 7, "c3", 1, 15000, 30); // the same offer again
+	assert_int_equal(presence_agent_state_seq(a), seq);
+	assert_int_equal(f->nbm, 0);
+	// A second offer while one rings is refused.
+	offer(f, 8, "c4", 1, 15000, 30);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED);
+	assert_int_equal(presence_agent_offer_id(a), 7);
+
+	// Bad fields change nothing.
+	Ringbid__Offer o = RINGBID__OFFER__INIT;
+	o.offer_id = 9;
+	o.agent_id = 1;
+	o.call_id = "bad id with spaces";
+	o.program = "sales";
+	o.ring_timeout_ms = 1000;
+	clear(f);
+	assert_int_equal(presence_core_offer(f->c, &o), RB_EINVAL);
+	o.call_id = "c9";
+	o.ring_timeout_ms = 0;
+	assert_int_equal(presence_core_offer(f->c, &o), RB_EINVAL);
+	o.ring_timeout_ms = 1000;
+	o.offer_id = 0;
+	assert_int_equal(presence_core_offer(f->c, &o), RB_EINVAL);
+	o.offer_id = 9;
+	o.caller_masked = "+1\x01";
+	assert_int_equal(presence_core_offer(f->c, &o), RB_EINVAL);
+	assert_int_equal(f->nbm + f->ncm + f->nam, 0);
+	assert_int_equal(presence_agent_offer_id(a), 7);
+	fx_free(f);
+}
+
+static void test_long_masked_caller(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	Ringbid__Offer o = RINGBID__OFFER__INIT;
+	o.offer_id = 1;
+	o.agent_id = 1;
+	o.call_id = "c1";
+	o.program = "sales";
+	o.ring_timeout_ms = 1000;
+	o.caller_masked = "+** (***) ***-**** ext. ****** / +** (***) ***-**** ext. ****42";
+	assert_int_equal(presence_core_offer(f->c, &o), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	fx_free(f);
+}
+
+static void test_decline_is_not_a_miss(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 10000, 30);
+	clear(f);
+	assert_int_equal(presence_core_answer(f->c, a, 1, false), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED);
+	assert_int_equal(presence_agent_missed(a), 0);
+	assert_true(last_update(f, 1)->available);
+	// Declining again: same answer, no second result.
+	assert_int_equal(presence_core_answer(f->c, a, 1, false), 0);
+	assert_int_equal(count_results(f, RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED), 1);
+
+	// Any number of declines never pauses the agent.
+	for (uint64_t id = 2; id < 10; id++) {
+		offer(f, id, "cx", 1, 10000, 30);
+		presence_core_answer(f->c, a, id, false);
+	}
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_agent_missed(a), 0);
+
+	// A decline between two misses neither counts nor breaks the count.
+	offer(f, 20, "c20", 1, 10000, 30);
+	advance(f, 10 * SEC);
+	assert_int_equal(presence_agent_missed(a), 1);
+	offer(f, 21, "c21", 1, 10000, 30);
+	presence_core_answer(f->c, a, 21, false);
+	assert_int_equal(presence_agent_missed(a), 1);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	fx_free(f);
+}
+
+static void test_missed_offers_pause(void **state)
+{
+	(void)state;
+	fx *f = fx_new(3);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 15000, 30);
+	clear(f);
+	advance(f, 14999 * MS);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	advance(f, 1 * MS);
+	// Ring timeout: TIMEOUT to the broker, withdrawn at the client, one miss, still available.
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_TIMEOUT);
+	assert_int_equal(last_result(f)->offer_id, 1);
+	const cmsg *w = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                            RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN);
+	assert_non_null(w);
+	assert_int_equal(w->offer_id, 1);
+	assert_string_equal(w->call_id, "c1");
+	assert_int_equal(presence_agent_missed(a), 1);
+	// A late answer to the timed-out offer gets the status, and changes nothing.
+	assert_int_equal(presence_core_answer(f->c, a, 1, true), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+
+	offer(f, 2, "c2", 1, 15000, 30);
+	advance(f, 15 * SEC);
+	assert_int_equal(presence_agent_missed(a), 2);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	offer(f, 3, "c3", 1, 15000, 30);
+	clear(f);
+	advance(f, 15 * SEC);
+	// Exactly the third miss in a row pauses the agent.
+	assert_int_equal(presence_agent_missed(a), 3);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	const cmsg *st = find_client(f, RINGBID__AGENT_MSG__BODY_STATUS, 0);
+	assert_non_null(st);
+	assert_string_equal(st->text, "missed 3 offers in a row");
+	assert_false(last_update(f, 1)->available);
+
+	// Ready by hand resets the count.
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+	assert_int_equal(presence_agent_missed(a), 0);
+	offer(f, 4, "c4", 1, 15000, 30);
+	advance(f, 15 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_agent_missed(a), 1);
+	fx_free(f);
+}
+
+static void test_accept_resets_missed(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 1000, 0);
+	advance(f, 1 * SEC);
+	assert_int_equal(presence_agent_missed(a), 1);
+	offer(f, 2, "c2", 1, 1000, 0);
+	assert_int_equal(presence_core_answer(f->c, a, 2, true), 0);
+	assert_int_equal(presence_agent_missed(a), 0);
+	presence_core_end_call(f->c, a, "c2");
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	// One miss after the accept is the first of a new row.
+	offer(f, 3, "c3", 1, 1000, 0);
+	advance(f, 1 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	offer(f, 4, "c4", 1, 1000, 0);
+	advance(f, 1 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	fx_free(f);
+}
+
+static void test_offer_cancel(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 15000, 30);
+	Ringbid__OfferCancel oc = RINGBID__OFFER_CANCEL__INIT;
+	oc.offer_id = 2; // not the current offer: ignored
+	oc.agent_id = 1;
+	oc.call_id = "c1";
+	assert_int_equal(presence_core_offer_cancel(f->c, &oc), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	oc.offer_id = 1;
+	clear(f);
+	assert_int_equal(presence_core_offer_cancel(f->c, &oc), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_agent_missed(a), 0);
+	assert_int_equal(f->nbm, 0); // the broker withdrew it: no result
+	assert_non_null(find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                            RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN));
+	// The ring timer of the cancelled offer does not fire.
+	advance(f, 20 * SEC);
+	assert_int_equal(f->nbm, 0);
+	assert_int_equal(presence_agent_missed(a), 0);
+	// An answer after the cancel: current status, nothing sent.
+	assert_int_equal(presence_core_answer(f->c, a, 1, true), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(f->nbm, 0);
+	oc.agent_id = 0;
+	assert_int_equal(presence_core_offer_cancel(f->c, &oc), RB_EINVAL);
+	fx_free(f);
+}
+
+static void test_loss_during_offer(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 15000, 30);
+	clear(f);
+	presence_core_pipe_closed(f->c, 11);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	assert_false(presence_agent_live(a));
+	assert_int_equal(presence_agent_pipe(a), 0);
+	assert_true(presence_agent_has_session(a)); // resumable
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	assert_int_equal(last_result(f)->offer_id, 1);
+	assert_false(last_update(f, 1)->available);
+	assert_int_equal(f->ncm, 0); // the connection is gone: nothing sent to it
+	// No TIMEOUT later for the same offer.
+	advance(f, 20 * SEC);
+	assert_int_equal(count_results(f, RINGBID__OFFER_RESULT_CODE__OFFER_TIMEOUT), 0);
+	// A closed connection that carries no session changes nothing.
+	presence_core_pipe_closed(f->c, 12345);
+	fx_free(f);
+}
+
+static void test_silence_during_offer(void **state)
+{
+	(void)state;
+	fx *f = fx_new_hb(2, 15000);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	advance(f, 10 * SEC);
+	offer(f, 1, "c1", 1, 30000, 30);
+	clear(f);
+	advance(f, 4999 * MS);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	advance(f, 1 * MS); // 15 s since the agent was last heard
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	// The connection may still be there: it hears why.
+	const cmsg *st = find_client(f, RINGBID__AGENT_MSG__BODY_STATUS, 0);
+	assert_non_null(st);
+	assert_int_equal(st->state, PRESENCE_OFFLINE);
+	fx_free(f);
+}
+
+static void test_loss_during_call_and_resume(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	char token[RB_TOKEN_HEX];
+	presence_agent *a = ready_agent(f, 1, 11, token);
+	offer(f, 1, "c1", 1, 15000, 20);
+	presence_core_answer(f->c, a, 1, true);
+	clear(f);
+	presence_core_pipe_closed(f->c, 11);
+	// The voice leg is not the data link: the call goes on.
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_string_equal(presence_agent_call_id(a), "c1");
+	assert_int_equal(f->nbm, 0);
+	advance(f, 60 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+
+	// The client comes back on a new connection with its token.
+	presence_agent *b = NULL;
+	assert_int_equal(presence_core_auth(f->c, token, &b), 0);
+	assert_ptr_equal(a, b);
+	presence_core_touch(f->c, a, 33);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_int_equal(presence_agent_pipe(a), 33);
+	assert_true(presence_agent_live(a));
+	Ringbid__AgentStatus st;
+	presence_core_status(f->c, a, &st);
+	assert_string_equal(st.call_id, "c1");
+	assert_int_equal(st.state, RINGBID__AGENT_STATE__AGENT_ON_CALL);
+
+	// Lost again; the broker ends the call; wrap-up ends without a session: OFFLINE.
+	presence_core_pipe_closed(f->c, 33);
+	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
+	ce.call_id = "c1";
+	ce.agent_id = 1;
+	ce.wrap_up_s = 20;
+	presence_core_call_ended(f->c, &ce);
+	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
+	advance(f, 20 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	// Resuming then starts NOT_READY.
+	assert_int_equal(presence_core_auth(f->c, token, &b), 0);
+	presence_core_touch(f->c, a, 44);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	fx_free(f);
+}
+
+static void test_resume_restores(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	char token[RB_TOKEN_HEX];
+	presence_agent *a = ready_agent(f, 1, 11, token);
+	presence_core_pipe_closed(f->c, 11);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	presence_agent *b = NULL;
+	assert_int_equal(presence_core_auth(f->c, token, &b), 0);
+	clear(f);
+	presence_core_touch(f->c, a, 12);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	assert_int_equal(presence_agent_pipe(a), 12);
+	assert_ptr_equal(presence_core_find_pipe(f->c, 12), a);
+	assert_null(presence_core_find_pipe(f->c, 11));
+	// A token used from yet another connection rebinds; the old one hears why.
+	clear(f);
+	presence_core_touch(f->c, a, 13);
+	assert_int_equal(presence_agent_pipe(a), 13);
+	const cmsg *e = find_client(f, RINGBID__AGENT_MSG__BODY_ERROR, 0);
+	assert_non_null(e);
+	assert_int_equal(e->pipe, 12);
+	assert_string_equal(e->text, "session replaced elsewhere");
+	fx_free(f);
+}
+
+static void test_rebind_resends_offer(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 15000, 30);
+	clear(f);
+	// The client reconnected before the old connection was noticed closed.
+	presence_core_touch(f->c, a, 12);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	const cmsg *ev = find_client(f, RINGBID__AGENT_MSG__BODY_OFFER, 0);
+	assert_non_null(ev);
+	assert_int_equal(ev->pipe, 12);
+	assert_int_equal(ev->offer_id, 1);
+	fx_free(f);
+}
+
+static void test_login_replaces_session(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	char t1[RB_TOKEN_HEX], t2[RB_TOKEN_HEX];
+	presence_agent *a = ready_agent(f, 1, 11, t1);
+	offer(f, 1, "c1", 1, 15000, 30);
+	clear(f);
+	presence_agent *b = login(f, 1, 22, t2);
+	assert_ptr_equal(a, b);
+	assert_string_not_equal(t1, t2);
+	// The older connection is told and unbound; its offer is lost; the new login is NOT_READY.
+	const cmsg *e = find_client(f, RINGBID__AGENT_MSG__BODY_ERROR, 0);
+	assert_non_null(e);
+	assert_int_equal(e->pipe, 11);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
+	assert_int_equal(presence_agent_pipe(a), 22);
+	presence_agent *x = NULL;
+	assert_int_equal(presence_core_auth(f->c, t1, &x), RB_EAUTH);
+	assert_int_equal(presence_core_auth(f->c, t2, &x), 0);
+	// Closing the old connection now changes nothing.
+	presence_core_pipe_closed(f->c, 11);
+	assert_true(presence_agent_live(a));
+
+	// Login while ON_CALL keeps the call.
+	presence_core_set_state(f->c, a, PRESENCE_AVAILABLE);
+	offer(f, 2, "c2", 1, 15000, 30);
+	presence_core_answer(f->c, a, 2, true);
+	presence_core_pipe_closed(f->c, 22);
+	login(f, 1, 23, NULL);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_string_equal(presence_agent_call_id(a), "c2");
+	fx_free(f);
+}
+
+static void test_one_connection_one_agent(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	// Agent 2 logs in over agent 1's connection: agent 1 loses its link.
+	presence_agent *b = login(f, 2, 11, NULL);
+	assert_ptr_equal(presence_core_find_pipe(f->c, 11), b);
+	assert_int_equal(presence_agent_pipe(a), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	fx_free(f);
+}
+
+static void test_logout(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	char token[RB_TOKEN_HEX];
+	presence_agent *a = ready_agent(f, 1, 11, token);
+	offer(f, 1, "c1", 1, 15000, 30);
+	clear(f);
+	presence_core_logout(f->c, a);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	assert_false(presence_agent_has_session(a));
+	presence_agent *x = NULL;
+	assert_int_equal(presence_core_auth(f->c, token, &x), RB_EAUTH);
+
+	// Logout during a call: the call keeps running until the broker ends it.
+	char t2[RB_TOKEN_HEX];
+	ready_agent(f, 1, 12, t2);
+	offer(f, 2, "c2", 1, 15000, 5);
+	presence_core_answer(f->c, a, 2, true);
+	presence_core_logout(f->c, a);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
+	ce.call_id = "c2";
+	ce.agent_id = 1;
+	ce.wrap_up_s = 5;
+	presence_core_call_ended(f->c, &ce);
+	advance(f, 5 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	fx_free(f);
+}
+
+static void test_silent_list_order(void **state)
+{
+	(void)state;
+	fx *f = fx_new_hb(2, 15000);
+	presence_agent *a = login(f, 1, 11, NULL); // heard at t0
+	// The first live session sets the wake-up for its silence deadline.
+	assert_int_equal(f->scheduled, f->mono + 15 * SEC);
+	advance(f, 1 * SEC);
+	presence_agent *b = login(f, 2, 22, NULL); // t0+1
+	advance(f, 1 * SEC);
+	presence_agent *c = login(f, 3, 33, NULL); // t0+2
+	uint64_t t0 = f->mono - 2 * SEC;
+	assert_int_equal(presence_core_next_deadline(f->c), t0 + 15 * SEC);
+	advance(f, 8 * SEC);
+	presence_core_touch(f->c, a, 11); // a heard at t0+10: moves to the tail
+	assert_int_equal(presence_core_next_deadline(f->c), t0 + 16 * SEC);
+	assert_int_equal(presence_core_live_sessions(f->c), 3);
+
+	advance(f, 5999 * MS); // t0+15.999
+	assert_true(presence_agent_live(b));
+	advance(f, 1 * MS); // t0+16: b is silent 15 s
+	assert_false(presence_agent_live(b));
+	assert_true(presence_agent_live(c));
+	assert_true(presence_agent_live(a));
+	assert_int_equal(presence_core_next_deadline(f->c), t0 + 17 * SEC);
+	assert_int_equal(f->scheduled, t0 + 17 * SEC);
+	advance(f, 1 * SEC);
+	assert_false(presence_agent_live(c));
+	assert_true(presence_agent_live(a));
+	assert_int_equal(presence_core_next_deadline(f->c), t0 + 25 * SEC);
+	advance(f, 8 * SEC);
+	assert_false(presence_agent_live(a));
+	assert_int_equal(presence_core_next_deadline(f->c), 0);
+	assert_int_equal(presence_core_live_sessions(f->c), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	assert_int_equal(presence_agent_state(b), PRESENCE_OFFLINE);
+	fx_free(f);
+}
+
+static void test_session_expiry(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	char token[RB_TOKEN_HEX];
+	presence_agent *a = ready_agent(f, 1, 11, token);
+	// Keep the link alive for the whole hour.
+	for (int i = 0; i < 359; i++) {
+		advance(f, 10 * SEC);
+		presence_core_touch(f->c, a, 11);
+	}
+	presence_core_janitor(f->c);
+	assert_true(presence_agent_has_session(a));
+	advance(f, 10 * SEC); // one hour since login
+	clear(f);
+	presence_core_janitor(f->c);
+	assert_false(presence_agent_has_session(a));
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	presence_agent *x = NULL;
+	assert_int_equal(presence_core_auth(f->c, token, &x), RB_EAUTH);
+	const cmsg *e = find_client(f, RINGBID__AGENT_MSG__BODY_ERROR, 0);
+	assert_non_null(e);
+	assert_int_equal(e->code, RB_EAUTH);
+	fx_free(f);
+}
+
+static void test_call_sync(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a1 = ready_agent(f, 1, 11, NULL);
+	presence_agent *a2 = ready_agent(f, 2, 22, NULL);
+	presence_agent *a3 = ready_agent(f, 3, 33, NULL);
+	presence_agent *a4 = ready_agent(f, 4, 44, NULL);
+	offer(f, 10, "keep", 1, 15000, 30);   // listed: kept
+	offer(f, 11, "gone", 2, 15000, 30);   // not listed: withdrawn
+	offer(f, 12, "oncall", 3, 15000, 30); // accepted, not listed: the call is over
+	presence_core_answer(f->c, a3, 12, true);
+
+	Ringbid__AgentCall c1 = RINGBID__AGENT_CALL__INIT, c2 = RINGBID__AGENT_CALL__INIT,
+	                   c3 = RINGBID__AGENT_CALL__INIT, c4 = RINGBID__AGENT_CALL__INIT;
+	c1.agent_id = 1;
+	c1.call_id = "keep";
+	c1.offer_id = 10;
+	c1.state = RINGBID__CALL_STATE__CALL_OFFERED;
+	c2.agent_id = 4; // presence never saw this offer: lost
+	c2.call_id = "unknown-offer";
+	c2.offer_id = 13;
+	c2.state = RINGBID__CALL_STATE__CALL_OFFERED;
+	c3.agent_id = 77; // presence knows nothing of agent 77: a session-less entry
+	c3.call_id = "talking";
+	c3.state = RINGBID__CALL_STATE__CALL_CONNECTED;
+	c3.program = "sales";
+	c3.wrap_up_s = 10;
+	c4.agent_id = 2;
+	c4.call_id = "bad id";
+	c4.state = RINGBID__CALL_STATE__CALL_CONNECTED;
+	Ringbid__AgentCall *calls[] = {&c1, &c2, &c3, &c4};
+	Ringbid__CallSync cs = RINGBID__CALL_SYNC__INIT;
+	cs.calls = calls;
+	cs.n_calls = 4;
+	clear(f);
+	// One bad entry: the whole sync is refused and nothing changes.
+	assert_int_equal(presence_core_call_sync(f->c, &cs), RB_EINVAL);
+	assert_int_equal(f->nbm + f->nam + f->ncm, 0);
+	assert_int_equal(presence_agent_state(a2), PRESENCE_RESERVED);
+
+	cs.n_calls = 3;
+	assert_int_equal(presence_core_call_sync(f->c, &cs), 0);
+	assert_int_equal(presence_agent_state(a1), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_offer_id(a1), 10);
+	assert_int_equal(presence_agent_state(a2), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_agent_state(a3), PRESENCE_WRAP_UP);
+	assert_int_equal(presence_agent_state(a4), PRESENCE_AVAILABLE);
+	presence_agent *a77 = presence_core_find(f->c, 77);
+	assert_non_null(a77);
+	assert_int_equal(presence_agent_state(a77), PRESENCE_ON_CALL);
+	assert_int_equal(presence_agent_state_seq(a77), 1);
+	assert_false(presence_agent_has_session(a77));
+	// Exactly one result: AGENT_LOST for the offer presence never saw.
+	assert_int_equal(f->nbm, 1);
+	assert_int_equal(f->bm[0].result, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	assert_int_equal(f->bm[0].offer_id, 13);
+	assert_int_equal(f->bm[0].agent_id, 4);
+
+	// The same sync again changes nothing more.
+	uint64_t seq77 = presence_agent_state_seq(a77);
+	clear(f);
+	assert_int_equal(presence_core_call_sync(f->c, &cs), 0);
+	assert_int_equal(presence_agent_state_seq(a77), seq77);
+	assert_int_equal(presence_agent_state(a1), PRESENCE_RESERVED);
+
+	// Counted as ON_CALL in the stats; gone once its call and wrap-up are over.
+	uint32_t counts[PRESENCE_NSTATES];
+	presence_core_counts(f->c, counts);
+	assert_int_equal(counts[PRESENCE_ON_CALL], 1);
+	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
+	ce.call_id = "talking";
+	ce.agent_id = 77;
+	ce.wrap_up_s = 10;
+	presence_core_call_ended(f->c, &ce);
+	advance(f, 10 * SEC);
+	assert_null(presence_core_find(f->c, 77));
+	assert_int_equal(presence_core_size(f->c), 4);
+	fx_free(f);
+}
+
+static void test_sync_resends_hangup(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 15000, 60);
+	presence_core_answer(f->c, a, 1, true);
+	presence_core_end_call(f->c, a, "c1");
+	// The broker never heard the hang-up and still lists the call as connected.
+	Ringbid__AgentCall ac = RINGBID__AGENT_CALL__INIT;
+	ac.agent_id = 1;
+	ac.call_id = "c1";
+	ac.state = RINGBID__CALL_STATE__CALL_CONNECTED;
+	Ringbid__AgentCall *calls[] = {&ac};
+	Ringbid__CallSync cs = RINGBID__CALL_SYNC__INIT;
+	cs.calls = calls;
+	cs.n_calls = 1;
+	clear(f);
+	assert_int_equal(presence_core_call_sync(f->c, &cs), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
+	assert_int_equal(f->nbm, 1);
+	assert_int_equal(f->bm[0].body, RINGBID__ENVELOPE__BODY_AGENT_HANGUP);
+	assert_string_equal(f->bm[0].call_id, "c1");
+
+	// A connected call the agent did not end puts it ON_CALL from AVAILABLE.
+	presence_core_set_state(f->c, a, PRESENCE_AVAILABLE);
+	ac.call_id = "c2";
+	clear(f);
+	assert_int_equal(presence_core_call_sync(f->c, &cs), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_string_equal(presence_agent_call_id(a), "c2");
+	assert_non_null(find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                            RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED));
+	fx_free(f);
+}
+
+static void test_roster_changes(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	char token[RB_TOKEN_HEX];
+	presence_agent *a = ready_agent(f, 1, 11, token);
+	// A score change goes to the auction; the same row again does not.
+	char *skills[] = {"sales", "es"};
+	presence_roster_row row = {
+	        .id = 1, .secret_hash = "h", .skills = skills, .n_skills = 2, .score = 91};
+	clear(f);
+	assert_int_equal(presence_core_roster_upsert(f->c, &row), 0);
+	assert_int_equal(f->nam, 1);
+	assert_true(f->am[0].score == 91);
+	assert_true(f->am[0].available);
+	assert_int_equal(presence_core_roster_upsert(f->c, &row), 0);
+	assert_int_equal(f->nam, 1);
+	row.n_skills = 1;
+	assert_int_equal(presence_core_roster_upsert(f->c, &row), 0);
+	assert_int_equal(f->nam, 2);
+	assert_int_equal(f->am[1].n_skills, 1);
+
+	// Suspension ends the session.
+	offer(f, 1, "c1", 1, 15000, 30);
+	row.suspended = true;
+	clear(f);
+	assert_int_equal(presence_core_roster_upsert(f->c, &row), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	assert_false(presence_agent_has_session(a));
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	const cmsg *e = find_client(f, RINGBID__AGENT_MSG__BODY_ERROR, 0);
+	assert_non_null(e);
+	assert_int_equal(e->code, RB_EFORBIDDEN);
+	presence_agent *x = NULL;
+	assert_int_equal(presence_core_auth(f->c, token, &x), RB_EAUTH);
+	char t2[RB_TOKEN_HEX];
+	assert_int_equal(presence_core_login(f->c, a, 12, t2), RB_EFORBIDDEN);
+
+	// Removal: the agent goes.
+	presence_agent *b = ready_agent(f, 2, 22, NULL);
+	assert_non_null(b);
+	presence_core_roster_remove(f->c, 2);
+	assert_null(presence_core_find(f->c, 2));
+	assert_null(presence_core_find_pipe(f->c, 22));
+	fx_free(f);
+}
+
+static void test_bulk_load_and_snapshot(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	ready_agent(f, 1, 11, NULL);
+	clear(f);
+	char *skills[] = {"sales"};
+	presence_core_roster_begin(f->c);
+	for (uint64_t id = 2; id <= 2500; id++) {
+		presence_roster_row row = {
+		        .id = id, .secret_hash = "h", .skills = skills, .n_skills = 1, .score = 50};
+		assert_int_equal(presence_core_roster_upsert(f->c, &row), 0);
+	}
+	// Agent 1 is not in this load: it leaves the roster (logged in: its session ends).
+	presence_core_roster_end(f->c);
+	assert_true(presence_core_roster_loaded(f->c));
+	assert_null(presence_core_find(f->c, 1));
+	assert_int_equal(presence_core_size(f->c), 2499);
+	// No per-agent updates: one snapshot in chunks of 1000.
+	size_t chunks = 0, agents = 0;
+	uint64_t sid = 0;
+	for (size_t i = 0; i < f->nam; i++) {
+		assert_int_equal(f->am[i].body, RINGBID__ENVELOPE__BODY_SNAPSHOT);
+		assert_int_equal(f->am[i].first, i == 0);
+		assert_int_equal(f->am[i].last, i == f->nam - 1);
+		assert_true(f->am[i].n_agents <= PRESENCE_SNAPSHOT_CHUNK);
+		if (i == 0)
+			sid = f->am[i].snapshot_id;
+		assert_int_equal(f->am[i].snapshot_id, sid);
+		chunks++;
+		agents += f->am[i].n_agents;
+	}
+	assert_int_equal(chunks, 3);
+	assert_int_equal(agents, 2499);
+	clear(f);
+	assert_int_equal(presence_core_snapshot(f->c), 0);
+	assert_true(f->am[0].snapshot_id > sid);
+	uint32_t counts[PRESENCE_NSTATES];
+	presence_core_counts(f->c, counts);
+	assert_int_equal(counts[PRESENCE_OFFLINE], 2499);
+	fx_free(f);
+
+	// An empty roster still sends one (first and last) chunk.
+	f = fx_new(2);
+	presence_core_roster_begin(f->c);
+	presence_core_roster_end(f->c);
+	assert_int_equal(f->nam, 1);
+	assert_true(f->am[0].first && f->am[0].last);
+	assert_int_equal(f->am[0].n_agents, 0);
+	fx_free(f);
+}
+
+static void test_stop(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	presence_agent *b = ready_agent(f, 2, 22, NULL);
+	offer(f, 1, "c1", 1, 15000, 30);
+	clear(f);
+	assert_int_equal(presence_core_stop(f->c), 1);
+	assert_int_equal(f->nbm, 1);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	assert_false(last_update(f, 1)->available);
+	// While presence stops, a new offer is refused even to an available agent.
+	offer(f, 2, "c2", 2, 15000, 30);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED);
+	assert_int_equal(presence_agent_state(b), PRESENCE_AVAILABLE);
+	fx_free(f);
+}
+
+static void test_many_agents(void **state)
+{
+	(void)state;
+	enum {
+		N = 100000
+	};
+	fx *f = fx_new_hb(2, 15000);
+	f->count_only = true;
+	char *skills[] = {"sales"};
+	presence_core_roster_begin(f->c);
+	for (uint64_t id = 1; id <= N; id++) {
+		presence_roster_row row = {.id = id,
+		                           .secret_hash = "h",
+		                           .skills = skills,
+		                           .n_skills = 1,
+		                           .score = (double)(id % 100)};
+		assert_int_equal(presence_core_roster_upsert(f->c, &row), 0);
+	}
+	presence_core_roster_end(f->c);
+	assert_int_equal(f->sent, N / PRESENCE_SNAPSHOT_CHUNK);
+	char token[RB_TOKEN_HEX];
+	for (uint64_t id = 1; id <= N; id++) {
+		presence_agent *a = presence_core_find(f->c, id);
+		assert_int_equal(presence_core_login(f->c, a, (uint32_t)id, token), 0);
+		assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+		if (id % 1000 == 0)
+			f->mono += 1000; // logins spread over 100 ms
+	}
+	assert_int_equal(presence_core_live_sessions(f->c), N);
+	// Offers to a tenth of them; every other agent heartbeats; the rest fall silent.
+	for (uint64_t id = 1; id <= N; id += 10)
+		offer(f, id, "c", id, 5000, 0);
+	f->mono += 5 * SEC;
+	f->wall += 5 * SEC;
+	presence_core_tick(f->c);
+	for (uint64_t id = 2; id <= N; id += 2)
+		presence_core_touch(f->c, presence_core_find(f->c, id), (uint32_t)id);
+	f->mono += 11 * SEC;
+	f->wall += 11 * SEC;
+	presence_core_tick(f->c);
+	uint32_t counts[PRESENCE_NSTATES];
+	presence_core_counts(f->c, counts);
+	assert_int_equal(counts[PRESENCE_OFFLINE], N / 2);
+	assert_int_equal(counts[PRESENCE_AVAILABLE], N / 2);
+	assert_int_equal(counts[PRESENCE_NOT_READY] + counts[PRESENCE_RESERVED], 0);
+	assert_int_equal(presence_core_live_sessions(f->c), N / 2);
+	fx_free(f);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(test_transition_table),
+	        cmocka_unit_test(test_transition_function),
+	        cmocka_unit_test(test_login_and_ready),
+	        cmocka_unit_test(test_quiet_request),
+	        cmocka_unit_test(test_offer_accept_end),
+	        cmocka_unit_test(test_wrap_up_zero_and_ready),
+	        cmocka_unit_test(test_offer_refused_and_duplicate),
+	        cmocka_unit_test(test_long_masked_caller),
+	        cmocka_unit_test(test_decline_is_not_a_miss),
+	        cmocka_unit_test(test_missed_offers_pause),
+	        cmocka_unit_test(test_accept_resets_missed),
+	        cmocka_unit_test(test_offer_cancel),
+	        cmocka_unit_test(test_loss_during_offer),
+	        cmocka_unit_test(test_silence_during_offer),
+	        cmocka_unit_test(test_loss_during_call_and_resume),
+	        cmocka_unit_test(test_resume_restores),
+	        cmocka_unit_test(test_rebind_resends_offer),
+	        cmocka_unit_test(test_login_replaces_session),
+	        cmocka_unit_test(test_one_connection_one_agent),
+	        cmocka_unit_test(test_logout),
+	        cmocka_unit_test(test_silent_list_order),
+	        cmocka_unit_test(test_session_expiry),
+	        cmocka_unit_test(test_call_sync),
+	        cmocka_unit_test(test_sync_resends_hangup),
+	        cmocka_unit_test(test_roster_changes),
+	        cmocka_unit_test(test_bulk_load_and_snapshot),
+	        cmocka_unit_test(test_stop),
+	        cmocka_unit_test(test_many_agents),
+	};
+	return cmocka_run_group_tests(tests, group_setup, NULL);
+}
