@@ -1,0 +1,637 @@
+// Unit tests of the call state machine, the book's indexes, CDRs, deadlines and restore.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "call.h"
+#include "programs.h"
+#include "rb_err.h"
+
+#define T0  1700000000000000ull // UTC µs
+#define M0  5000000000ull       // monotonic µs
+#define SEC 1000000ull
+
+static broker_book book;
+static broker_book *bk = &book; // the book the helpers use
+
+static int setup(void **state)
+{
+	(void)state;
+	broker_book_init(&book, 1000, 3600 * SEC);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	broker_book_fini(&book);
+	return 0;
+}
+
+static broker_call *add(const char *id, uint64_t at)
+{
+	const char *skills[] = {"en", "sales"};
+	broker_call_new in = {
+	        .id = id,
+	        .program = "sales",
+	        .skills = skills,
+	        .nskills = 2,
+	        .priority = 3,
+	        .caller_masked = "+1*******42",
+	        .now_us = T0 + at,
+	        .now_mono_us = M0 + at,
+	};
+	broker_call *c = NULL;
+	assert_int_equal(broker_book_add(bk, &in, &c), 0);
+	assert_non_null(c);
+	return c;
+}
+
+static int ev_at(broker_call *c, broker_event_kind kind, uint64_t agent, uint64_t offer,
+                 uint64_t at, broker_effects *fx)
+{
+	broker_effects local;
+	broker_decision d;
+	memset(&d, 0, sizeof(d));
+	d.agent_id = agent;
+	d.score = 88.5;
+	d.eligible = 4;
+	strcpy(d.reason, "highest score");
+	d.at_us = T0 + at;
+	broker_event ev = {
+	        .kind = kind,
+	        .agent_id = agent,
+	        .offer_id = offer,
+	        .decision = kind == BROKER_EV_OFFER ? &d : NULL,
+	        .now_us = T0 + at,
+	        .now_mono_us = M0 + at,
+	};
+	return broker_call_apply(bk, c, &ev, fx ? fx : &local);
+}
+
+static int ev(broker_call *c, broker_event_kind kind, uint64_t agent, uint64_t offer)
+{
+	return ev_at(c, kind, agent, offer, 10 * SEC, NULL);
+}
+
+// Brings a fresh call to state s by legal steps (agent 7, offer 70).
+static broker_call *call_in(const char *id, broker_call_state s)
+{
+	broker_call *c = add(id, 0);
+	if (s >= BROKER_CALL_QUEUED)
+		assert_int_equal(ev_at(c, BROKER_EV_QUEUE, 0, 0, 0, NULL), 0);
+	if (s >= BROKER_CALL_OFFERED)
+		assert_int_equal(ev_at(c, BROKER_EV_OFFER, 7, 70, 2 * SEC, NULL), 0);
+	if (s >= BROKER_CALL_CONNECTED)
+		assert_int_equal(ev_at(c, BROKER_EV_CONNECT, 7, 70, 5 * SEC, NULL), 0);
+	if (s >= BROKER_CALL_ENDED)
+		assert_int_equal(ev_at(c, BROKER_EV_HANGUP, 0, 0, 65500000, NULL), 0);
+	assert_int_equal(c->state, s);
+	return c;
+}
+
+// Every (state, event) pair: the legal ones land in the right state, the others are refused
+// and change nothing.
+static void test_transition_matrix(void **state)
+{
+	(void)state;
+	static const broker_event_kind kinds[] = {
+	        BROKER_EV_QUEUE,      BROKER_EV_OFFER,        BROKER_EV_CONNECT,
+	        BROKER_EV_OFFER_LOST, BROKER_EV_RING_EXPIRED, BROKER_EV_REFUSED,
+	        BROKER_EV_HANGUP,     BROKER_EV_AGENT_HANGUP, BROKER_EV_MAX_WAIT,
+	        BROKER_EV_MAX_TALK,
+	};
+	// expected[state][event]: resulting state, or 0 for refused.
+	static const int expected[6][10] = {
+	        [BROKER_CALL_ARRIVED] = {BROKER_CALL_QUEUED, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+	        [BROKER_CALL_QUEUED] = {0, BROKER_CALL_OFFERED, 0, 0, 0, 0, BROKER_CALL_ENDED, 0,
+	                                BROKER_CALL_ENDED, 0},
+	        [BROKER_CALL_OFFERED] = {0, 0, BROKER_CALL_CONNECTED, BROKER_CALL_QUEUED,
+	                                 BROKER_CALL_QUEUED, BROKER_CALL_QUEUED, BROKER_CALL_ENDED,
+	                                 0, BROKER_CALL_ENDED, 0},
+	        [BROKER_CALL_CONNECTED] = {0, 0, 0, 0, 0, 0, BROKER_CALL_ENDED, BROKER_CALL_ENDED,
+	                                   0, BROKER_CALL_ENDED},
+	        [BROKER_CALL_ENDED] = {0},
+	};
+	int n = 0;
+	for (int s = BROKER_CALL_ARRIVED; s <= BROKER_CALL_ENDED; s++) {
+		for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+			char id[32];
+			snprintf(id, sizeof(id), "m-%d-%zu", s, k);
+			broker_call *c = call_in(id, (broker_call_state)s);
+			uint64_t v = c->version;
+			// The event's agent: the call's own for events about an offer or a
+			// connection, a free one for OFFER.
+			uint64_t agent = kinds[k] == BROKER_EV_OFFER ? 900 + (uint64_t)n : 0;
+			uint64_t offer = kinds[k] == BROKER_EV_OFFER ? 9000 + (uint64_t)n : 0;
+			int rc = ev(c, kinds[k], agent, offer);
+			if (expected[s][k] == 0) {
+				assert_int_equal(rc, RB_ESTATE);
+				assert_int_equal(c->state, s);
+				assert_int_equal(c->version, v);
+			} else {
+				assert_int_equal(rc, 0);
+				assert_int_equal(c->state, expected[s][k]);
+				assert_int_equal(c->version, v + 1);
+			}
+			// Close calls still at an agent so the next iteration's agent 7 is free.
+			if (c->state == BROKER_CALL_OFFERED || c->state == BROKER_CALL_CONNECTED ||
+			    c->state == BROKER_CALL_QUEUED)
+				assert_int_equal(ev(c, BROKER_EV_HANGUP, 0, 0), 0);
+			n++;
+		}
+	}
+	assert_null(broker_book_agent_call(&book, 7));
+}
+
+static void test_effects(void **state)
+{
+	(void)state;
+	broker_effects fx;
+	broker_call *c = add("fx", 0);
+	assert_int_equal(ev_at(c, BROKER_EV_QUEUE, 0, 0, 0, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_ENQUEUE);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER, 5, 50, SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_OFFER);
+	assert_int_equal(fx.agent_id, 5);
+	assert_int_equal(fx.offer_id, 50);
+	assert_ptr_equal(broker_book_agent_call(&book, 5), c);
+	assert_int_equal(ev_at(c, BROKER_EV_CONNECT, 5, 50, 3 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE);
+	assert_int_equal(c->answered_us, T0 + 3 * SEC);
+	assert_int_equal(ev_at(c, BROKER_EV_AGENT_HANGUP, 5, 0, 9 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_CDR);
+	assert_int_equal(c->disposition, BROKER_DISP_COMPLETED);
+	assert_int_equal(c->agent_id, 5);
+	assert_null(broker_book_agent_call(&book, 5));
+}
+
+static void test_reoffer_keeps_arrival_and_excludes(void **state)
+{
+	(void)state;
+	broker_call *first = add("early", 0);
+	broker_call *c = add("r", 100);
+	assert_int_equal(ev(first, BROKER_EV_QUEUE, 0, 0), 0);
+	assert_int_equal(ev(c, BROKER_EV_QUEUE, 0, 0), 0);
+	broker_effects fx;
+	assert_int_equal(ev(c, BROKER_EV_OFFER, 11, 1), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER_LOST, 11, 1, 20 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_ENQUEUE);
+	assert_int_equal(c->state, BROKER_CALL_QUEUED);
+	assert_int_equal(c->arrived_us, T0 + 100);
+	assert_int_equal(c->agent_id, 0);
+	assert_true(broker_call_excluded(c, 11));
+	assert_null(broker_book_agent_call(&book, 11));
+	// An excluded agent cannot be offered the call again.
+	assert_int_equal(ev(c, BROKER_EV_OFFER, 11, 2), RB_EINVAL);
+	assert_int_equal(ev(c, BROKER_EV_OFFER, 12, 3), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_RING_EXPIRED, 0, 0, 40 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_ENQUEUE | BROKER_FX_OFFER_CANCEL);
+	assert_int_equal(fx.agent_id, 12);
+	assert_int_equal(fx.offer_id, 3);
+	assert_true(broker_call_excluded(c, 12));
+	assert_int_equal(c->nexcluded, 2);
+	assert_int_equal(c->offers, 2);
+	assert_int_equal(c->ndecisions, 2);
+	assert_int_equal(c->arrived_us, T0 + 100);
+	// Its place in line is its arrival: still behind "early", ahead of later calls.
+	broker_call *later = add("later", 50 * SEC);
+	assert_int_equal(ev(later, BROKER_EV_QUEUE, 0, 0), 0);
+	assert_ptr_equal(broker_book_waiting_first(&book), first);
+	assert_ptr_equal(broker_book_waiting_next(&book, first), c);
+	assert_ptr_equal(broker_book_waiting_next(&book, c), later);
+}
+
+static void test_refusals_exclude_after_three(void **state)
+{
+	(void)state;
+	broker_call *c = call_in("ref", BROKER_CALL_QUEUED);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(ev(c, BROKER_EV_OFFER, 21, 100 + (uint64_t)i), 0);
+		assert_int_equal(ev(c, BROKER_EV_REFUSED, 21, 100 + (uint64_t)i), 0);
+		assert_false(broker_call_excluded(c, 21));
+	}
+	// Another agent's refusal starts its own count.
+	assert_int_equal(ev(c, BROKER_EV_OFFER, 22, 110), 0);
+	assert_int_equal(ev(c, BROKER_EV_REFUSED, 22, 110), 0);
+	assert_false(broker_call_excluded(c, 22));
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(ev(c, BROKER_EV_OFFER, 21, 120 + (uint64_t)i), 0);
+		assert_int_equal(ev(c, BROKER_EV_REFUSED, 21, 120 + (uint64_t)i), 0);
+		assert_int_equal(broker_call_excluded(c, 21), i == 2);
+	}
+	assert_int_equal(c->state, BROKER_CALL_QUEUED);
+}
+
+static void test_abandon(void **state)
+{
+	(void)state;
+	broker_effects fx;
+	broker_call *q = call_in("ab-q", BROKER_CALL_QUEUED);
+	assert_int_equal(ev_at(q, BROKER_EV_HANGUP, 0, 0, 30 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE | BROKER_FX_CDR);
+	assert_int_equal(q->disposition, BROKER_DISP_ABANDONED);
+	assert_int_equal(q->ended_us, T0 + 30 * SEC);
+
+	broker_call *o = call_in("ab-o", BROKER_CALL_OFFERED);
+	assert_int_equal(ev_at(o, BROKER_EV_HANGUP, 0, 0, 31 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE | BROKER_FX_OFFER_CANCEL | BROKER_FX_CDR);
+	assert_int_equal(fx.agent_id, 7);
+	assert_int_equal(fx.offer_id, 70);
+	assert_int_equal(o->disposition, BROKER_DISP_ABANDONED);
+	assert_int_equal(o->agent_id, 0);
+	assert_null(broker_book_agent_call(&book, 7));
+
+	// A caller hang-up of a connected call completes it and tells presence.
+	broker_call *k = call_in("ab-c", BROKER_CALL_CONNECTED);
+	assert_int_equal(ev_at(k, BROKER_EV_HANGUP, 0, 0, 40 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_CALL_ENDED | BROKER_FX_CDR);
+	assert_int_equal(fx.agent_id, 7);
+	assert_int_equal(k->disposition, BROKER_DISP_COMPLETED);
+	assert_int_equal(book.count[BROKER_CALL_ENDED], 3);
+}
+
+static void test_overflow(void **state)
+{
+	(void)state;
+	broker_effects fx;
+	broker_call *q = call_in("ov-q", BROKER_CALL_QUEUED);
+	assert_int_equal(ev(q, BROKER_EV_MAX_WAIT, 0, 0), 0);
+	assert_int_equal(q->disposition, BROKER_DISP_OVERFLOW);
+	broker_call *o = call_in("ov-o", BROKER_CALL_OFFERED);
+	assert_int_equal(ev_at(o, BROKER_EV_MAX_WAIT, 0, 0, 600 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE | BROKER_FX_OFFER_CANCEL | BROKER_FX_CDR);
+	assert_int_equal(o->disposition, BROKER_DISP_OVERFLOW);
+	assert_null(broker_book_agent_call(&book, 7));
+	// Overflow never applies to a connected call.
+	broker_call *k = call_in("ov-c", BROKER_CALL_CONNECTED);
+	assert_int_equal(ev(k, BROKER_EV_MAX_WAIT, 0, 0), RB_ESTATE);
+}
+
+static void test_max_talk_review(void **state)
+{
+	(void)state;
+	broker_effects fx;
+	broker_call *c = call_in("mt", BROKER_CALL_CONNECTED);
+	assert_int_equal(ev_at(c, BROKER_EV_MAX_TALK, 0, 0, 5 * SEC + 7200 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_CALL_ENDED | BROKER_FX_CDR);
+	assert_int_equal(fx.agent_id, 7);
+	assert_true(c->review);
+	assert_int_equal(c->disposition, BROKER_DISP_COMPLETED);
+	Ringbid__Cdr cdr;
+	broker_call_cdr(c, &cdr);
+	assert_true(cdr.review);
+	assert_int_equal(cdr.talk_s, 7200);
+}
+
+static void test_one_call_per_agent(void **state)
+{
+	(void)state;
+	broker_call *a = call_in("g-a", BROKER_CALL_QUEUED);
+	broker_call *b = call_in("g-b", BROKER_CALL_QUEUED);
+	assert_int_equal(ev(a, BROKER_EV_OFFER, 31, 1), 0);
+	uint64_t v = b->version;
+	assert_int_equal(ev(b, BROKER_EV_OFFER, 31, 2), RB_EBUSY);
+	assert_int_equal(b->state, BROKER_CALL_QUEUED);
+	assert_int_equal(b->version, v);
+	assert_int_equal(b->offers, 0);
+	assert_int_equal(ev(a, BROKER_EV_CONNECT, 31, 1), 0);
+	assert_int_equal(ev(b, BROKER_EV_OFFER, 31, 2), RB_EBUSY);
+	assert_ptr_equal(broker_book_agent_call(&book, 31), a);
+	// A result for another offer or another agent is refused.
+	broker_call *c = call_in("g-c", BROKER_CALL_QUEUED);
+	assert_int_equal(ev(c, BROKER_EV_OFFER, 32, 3), 0);
+	assert_int_equal(ev(c, BROKER_EV_CONNECT, 32, 99), RB_ESTATE);
+	assert_int_equal(ev(c, BROKER_EV_CONNECT, 33, 3), RB_ESTATE);
+	assert_int_equal(ev(c, BROKER_EV_OFFER_LOST, 32, 4), RB_ESTATE);
+	assert_int_equal(c->state, BROKER_CALL_OFFERED);
+	// Once the agent is free again the call can go to it.
+	assert_int_equal(ev(a, BROKER_EV_AGENT_HANGUP, 31, 0), 0);
+	assert_int_equal(ev(b, BROKER_EV_OFFER, 31, 2), 0);
+	assert_ptr_equal(broker_book_agent_call(&book, 31), b);
+	// Offers need an agent and an offer id.
+	broker_call *d = call_in("g-d", BROKER_CALL_QUEUED);
+	assert_int_equal(ev(d, BROKER_EV_OFFER, 0, 5), RB_EINVAL);
+	assert_int_equal(ev(d, BROKER_EV_OFFER, 40, 0), RB_EINVAL);
+}
+
+static void test_cdr_fields(void **state)
+{
+	(void)state;
+	Ringbid__Cdr cdr;
+	// Connected: talk time floor((ended - answered) / 1 s); offered_us is the first offer.
+	broker_call *c = call_in("cdr-c", BROKER_CALL_QUEUED);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER, 41, 1, 2 * SEC, NULL), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER_LOST, 41, 1, 4 * SEC, NULL), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER, 42, 2, 6 * SEC, NULL), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_CONNECT, 42, 2, 8 * SEC, NULL), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_HANGUP, 0, 0, 8 * SEC + 125999999, NULL), 0);
+	broker_call_cdr(c, &cdr);
+	assert_string_equal(cdr.cdr_id, "cdr-c");
+	assert_string_equal(cdr.call_id, "cdr-c");
+	assert_string_equal(cdr.program, "sales");
+	assert_int_equal(cdr.agent_id, 42);
+	assert_int_equal(cdr.arrived_us, T0);
+	assert_int_equal(cdr.offered_us, T0 + 2 * SEC);
+	assert_int_equal(cdr.answered_us, T0 + 8 * SEC);
+	assert_int_equal(cdr.ended_us, T0 + 8 * SEC + 125999999);
+	assert_int_equal(cdr.talk_s, 125);
+	assert_int_equal(cdr.disposition, RINGBID__DISPOSITION__DISP_COMPLETED);
+	assert_int_equal(cdr.offers, 2);
+	assert_false(cdr.review);
+	assert_false(cdr.sale);
+
+	// Abandoned while ringing: offered but never answered, no agent, no talk.
+	broker_call *o = call_in("cdr-o", BROKER_CALL_OFFERED);
+	assert_int_equal(ev_at(o, BROKER_EV_HANGUP, 0, 0, 9 * SEC, NULL), 0);
+	broker_call_cdr(o, &cdr);
+	assert_int_equal(cdr.agent_id, 0);
+	assert_int_equal(cdr.offered_us, T0 + 2 * SEC);
+	assert_int_equal(cdr.answered_us, 0);
+	assert_int_equal(cdr.talk_s, 0);
+	assert_int_equal(cdr.disposition, RINGBID__DISPOSITION__DISP_ABANDONED);
+	assert_int_equal(cdr.offers, 1);
+
+	// Overflow without an offer.
+	broker_call *q = call_in("cdr-q", BROKER_CALL_QUEUED);
+	assert_int_equal(ev_at(q, BROKER_EV_MAX_WAIT, 0, 0, 600 * SEC, NULL), 0);
+	broker_call_cdr(q, &cdr);
+	assert_int_equal(cdr.offered_us, 0);
+	assert_int_equal(cdr.talk_s, 0);
+	assert_int_equal(cdr.disposition, RINGBID__DISPOSITION__DISP_OVERFLOW);
+
+	// A wall clock that stepped back never makes a call end before its answer.
+	broker_call *w = call_in("cdr-w", BROKER_CALL_CONNECTED);
+	broker_event back = {.kind = BROKER_EV_HANGUP, .now_us = T0, .now_mono_us = M0};
+	broker_effects fx;
+	assert_int_equal(broker_call_apply(&book, w, &back, &fx), 0);
+	broker_call_cdr(w, &cdr);
+	assert_true(cdr.ended_us >= cdr.answered_us);
+	assert_int_equal(cdr.talk_s, 0);
+}
+
+static void test_deadlines(void **state)
+{
+	(void)state;
+	broker_limits lim = {
+	        .ring_timeout_s = 15, .wrap_up_s = 30, .max_wait_s = 600, .max_talk_s = 7200};
+	uint64_t at;
+	broker_event_kind kind;
+	broker_call *c = add("dl", 0);
+	assert_int_equal(broker_call_deadline(c, &lim, 5000, &at, &kind), RB_ENOTFOUND);
+	assert_int_equal(ev_at(c, BROKER_EV_QUEUE, 0, 0, 0, NULL), 0);
+	assert_int_equal(broker_call_deadline(c, &lim, 5000, &at, &kind), 0);
+	assert_int_equal(kind, BROKER_EV_MAX_WAIT);
+	assert_int_equal(at, M0 + 600 * SEC);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER, 51, 1, 100 * SEC, NULL), 0);
+	assert_int_equal(broker_call_deadline(c, &lim, 5000, &at, &kind), 0);
+	assert_int_equal(kind, BROKER_EV_RING_EXPIRED);
+	assert_int_equal(at, M0 + 100 * SEC + 15 * SEC + 5 * SEC);
+	// Near the end of the wait, the wait wins over the ring backstop.
+	lim.max_wait_s = 110;
+	assert_int_equal(broker_call_deadline(c, &lim, 5000, &at, &kind), 0);
+	assert_int_equal(kind, BROKER_EV_MAX_WAIT);
+	assert_int_equal(at, M0 + 110 * SEC);
+	assert_int_equal(ev_at(c, BROKER_EV_CONNECT, 51, 1, 105 * SEC, NULL), 0);
+	assert_int_equal(broker_call_deadline(c, &lim, 5000, &at, &kind), 0);
+	assert_int_equal(kind, BROKER_EV_MAX_TALK);
+	assert_int_equal(at, M0 + 105 * SEC + 7200 * SEC);
+	assert_int_equal(ev(c, BROKER_EV_HANGUP, 0, 0), 0);
+	assert_int_equal(broker_call_deadline(c, &lim, 5000, &at, &kind), RB_ENOTFOUND);
+}
+
+static void test_restore_round_trip(void **state)
+{
+	(void)state;
+	broker_call *c = call_in("rt", BROKER_CALL_QUEUED);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER, 61, 1, 2 * SEC, NULL), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER_LOST, 61, 1, 3 * SEC, NULL), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER, 62, 2, 4 * SEC, NULL), 0);
+	broker_arena a;
+	broker_arena_init(&a);
+	Ringbid__CallRecord rec;
+	assert_int_equal(broker_call_record(c, &a, &rec), 0);
+
+	broker_book other;
+	broker_book_init(&other, 10, 3600 * SEC);
+	broker_call *r = NULL;
+	// Restored 30 s later: the monotonic anchors move with the UTC times.
+	assert_int_equal(broker_book_restore(&other, &rec, T0 + 34 * SEC, 9 * M0 + 34 * SEC, &r),
+	                 0);
+	assert_non_null(r);
+	assert_string_equal(r->id, "rt");
+	assert_string_equal(r->program, "sales");
+	assert_int_equal(r->state, BROKER_CALL_OFFERED);
+	assert_int_equal(r->agent_id, 62);
+	assert_int_equal(r->offer_id, 2);
+	assert_int_equal(r->arrived_us, c->arrived_us);
+	assert_int_equal(r->offered_us, c->offered_us);
+	assert_int_equal(r->version, c->version);
+	assert_int_equal(r->offers, 2);
+	assert_int_equal(r->nskills, 2);
+	assert_string_equal(r->skills[0], "en");
+	assert_string_equal(r->skills[1], "sales");
+	assert_int_equal(r->nexcluded, 1);
+	assert_int_equal(r->excluded[0], 61);
+	assert_int_equal(r->ndecisions, 2);
+	assert_string_equal(r->decisions[1].reason, "highest score");
+	assert_string_equal(r->caller_masked, "+1*******42");
+	assert_int_equal(r->priority, 3);
+	assert_int_equal(r->arrived_mono_us, 9 * M0);
+	assert_int_equal(r->offer_mono_us, 9 * M0 + 4 * SEC);
+	assert_ptr_equal(broker_book_agent_call(&other, 62), r);
+	assert_ptr_equal(broker_book_waiting_first(&other), r);
+
+	// A later record of the same call replaces it (last wins).
+	assert_int_equal(ev_at(c, BROKER_EV_CONNECT, 62, 2, 5 * SEC, NULL), 0);
+	broker_arena_fini(&a);
+	broker_arena_init(&a);
+	assert_int_equal(broker_call_record(c, &a, &rec), 0);
+	assert_int_equal(broker_book_restore(&other, &rec, T0 + 34 * SEC, 9 * M0 + 34 * SEC, &r),
+	                 0);
+	assert_int_equal(r->state, BROKER_CALL_CONNECTED);
+	assert_int_equal(other.count[BROKER_CALL_OFFERED], 0);
+	assert_int_equal(other.count[BROKER_CALL_CONNECTED], 1);
+	assert_null(broker_book_waiting_first(&other));
+
+	// An unusable record is refused.
+	rec.info->call_id = (char *)"bad id";
+	assert_int_equal(broker_book_restore(&other, &rec, T0, M0, NULL), RB_EINVAL);
+	broker_arena_fini(&a);
+	broker_book_fini(&other);
+}
+
+static int evictions;
+static void count_evict(broker_call *c, void *arg)
+{
+	(void)c;
+	(void)arg;
+	evictions++;
+}
+
+static void test_ended_bounds(void **state)
+{
+	(void)state;
+	broker_book small;
+	broker_book_init(&small, 2, 3600 * SEC);
+	broker_book_on_evict(&small, count_evict, NULL);
+	bk = &small;
+	evictions = 0;
+	char id[16];
+	for (int i = 0; i < 3; i++) {
+		snprintf(id, sizeof(id), "e%d", i);
+		broker_call *c = add(id, (uint64_t)i * SEC);
+		assert_int_equal(ev_at(c, BROKER_EV_QUEUE, 0, 0, (uint64_t)i * SEC, NULL), 0);
+		assert_int_equal(ev_at(c, BROKER_EV_HANGUP, 0, 0, (uint64_t)i * SEC, NULL), 0);
+	}
+	// The oldest ended call gave way to the bound.
+	assert_int_equal(evictions, 1);
+	assert_null(broker_book_find(&small, "e0"));
+	assert_non_null(broker_book_find(&small, "e1"));
+	// Age: kept an hour, then dropped oldest first.
+	broker_book_expire(&small, T0 + 3600 * SEC + SEC / 2);
+	assert_non_null(broker_book_find(&small, "e1"));
+	broker_book_expire(&small, T0 + 3600 * SEC + 1 * SEC + 1);
+	assert_null(broker_book_find(&small, "e1"));
+	assert_non_null(broker_book_find(&small, "e2"));
+	assert_int_equal(evictions, 2);
+	broker_book_fini(&small);
+	bk = &book;
+}
+
+static void test_add_refuses(void **state)
+{
+	(void)state;
+	add("dup", 0);
+	broker_call_new in = {.id = "dup", .program = "sales", .now_us = T0, .now_mono_us = M0};
+	broker_call *c = NULL;
+	assert_int_equal(broker_book_add(&book, &in, &c), RB_EEXIST);
+	in.id = "has space";
+	assert_int_equal(broker_book_add(&book, &in, &c), RB_EINVAL);
+	in.id = "ok";
+	in.program = "";
+	assert_int_equal(broker_book_add(&book, &in, &c), RB_EINVAL);
+	assert_null(broker_book_find(&book, "ok"));
+}
+
+static void test_skills_merge(void **state)
+{
+	(void)state;
+	const char *a[] = {"sales", "en", "vip"};
+	const char *b[] = {"en", "billing"};
+	char **out = NULL;
+	size_t n = 0;
+	assert_int_equal(broker_skills_merge(a, 3, b, 2, &out, &n), 0);
+	assert_int_equal(n, 4);
+	assert_string_equal(out[0], "billing");
+	assert_string_equal(out[1], "en");
+	assert_string_equal(out[2], "sales");
+	assert_string_equal(out[3], "vip");
+	broker_skills_free(out, n);
+	assert_int_equal(broker_skills_merge(NULL, 0, NULL, 0, &out, &n), 0);
+	assert_int_equal(n, 0);
+	assert_null(out);
+	char names[BROKER_SKILLS_MAX + 1][8];
+	const char *many[BROKER_SKILLS_MAX + 1];
+	for (int i = 0; i <= BROKER_SKILLS_MAX; i++) {
+		snprintf(names[i], sizeof(names[i]), "s%d", i);
+		many[i] = names[i];
+	}
+	assert_int_equal(broker_skills_merge(many, BROKER_SKILLS_MAX + 1, NULL, 0, &out, &n),
+	                 RB_ETOOBIG);
+}
+
+static void test_pg_text_array(void **state)
+{
+	(void)state;
+	char **v = NULL;
+	size_t n = 0;
+	assert_int_equal(broker_pg_text_array("{}", 8, &v, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(broker_pg_text_array("{en,sales}", 8, &v, &n), 0);
+	assert_int_equal(n, 2);
+	assert_string_equal(v[0], "en");
+	assert_string_equal(v[1], "sales");
+	broker_skills_free(v, n);
+	assert_int_equal(broker_pg_text_array("{\"a b\",\"c\\\"d\",NULL,\"NULL\", x }", 8, &v, &n),
+	                 0);
+	assert_int_equal(n, 4);
+	assert_string_equal(v[0], "a b");
+	assert_string_equal(v[1], "c\"d");
+	assert_string_equal(v[2], "NULL");
+	assert_string_equal(v[3], "x");
+	broker_skills_free(v, n);
+	assert_int_equal(broker_pg_text_array("[0:1]={a,b}", 8, &v, &n), 0);
+	assert_int_equal(n, 2);
+	broker_skills_free(v, n);
+	assert_int_equal(broker_pg_text_array("{a,b,c}", 2, &v, &n), RB_ETOOBIG);
+	assert_int_equal(broker_pg_text_array("{a,{b}}", 8, &v, &n), RB_EINVAL);
+	assert_int_equal(broker_pg_text_array("{a,b", 8, &v, &n), RB_EINVAL);
+	assert_int_equal(broker_pg_text_array("{\"a}", 8, &v, &n), RB_EINVAL);
+	assert_int_equal(broker_pg_text_array("{a,,b}", 8, &v, &n), RB_EINVAL);
+	assert_int_equal(broker_pg_text_array("a,b", 8, &v, &n), RB_EINVAL);
+	assert_int_equal(broker_pg_text_array("{a} x", 8, &v, &n), RB_EINVAL);
+	assert_null(v);
+}
+
+static void test_program_rows(void **state)
+{
+	(void)state;
+	broker_programs p;
+	broker_programs_init(&p);
+	assert_int_equal(
+	        broker_programs_put(&p, "sales", "{sales,en,en}", "20", "45", "900", "3600", "5"),
+	        0);
+	const broker_program *prog = broker_programs_find(&p, "sales");
+	assert_non_null(prog);
+	assert_int_equal(prog->nskills, 2);
+	assert_string_equal(prog->skills[0], "en");
+	assert_int_equal(prog->limits.ring_timeout_s, 20);
+	assert_int_equal(prog->limits.wrap_up_s, 45);
+	assert_int_equal(prog->limits.max_wait_s, 900);
+	assert_int_equal(prog->limits.max_talk_s, 3600);
+	assert_int_equal(prog->priority, 5);
+	broker_limits lim;
+	broker_programs_limits(&p, "gone", &lim);
+	assert_int_equal(lim.ring_timeout_s, 15);
+	assert_int_equal(lim.max_talk_s, 7200);
+	assert_int_equal(broker_programs_put(&p, "x", "{}", "0", "45", "900", "3600", "0"),
+	                 RB_EINVAL);
+	assert_int_equal(
+	        broker_programs_put(&p, "x", "{\"bad skill\"}", "15", "45", "900", "3600", "0"),
+	        RB_EINVAL);
+	assert_int_equal(broker_programs_put(&p, "x", "{}", "15", "45", "9x", "3600", "0"),
+	                 RB_EINVAL);
+	assert_null(broker_programs_find(&p, "x"));
+	broker_programs_remove(&p, "sales");
+	assert_null(broker_programs_find(&p, "sales"));
+	broker_programs_fini(&p);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test_setup_teardown(test_transition_matrix, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_effects, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_reoffer_keeps_arrival_and_excludes, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_refusals_exclude_after_three, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_abandon, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_overflow, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_max_talk_review, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_one_call_per_agent, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_cdr_fields, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_deadlines, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_restore_round_trip, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_ended_bounds, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_add_refuses, setup, teardown),
+	        cmocka_unit_test(test_skills_merge),
+	        cmocka_unit_test(test_pg_text_array),
+	        cmocka_unit_test(test_program_rows),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
