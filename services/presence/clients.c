@@ -570,8 +570,8 @@ static int setup_tls(presence_clients *cl, const char *cert_file, const char *ke
 	return rv;
 }
 
-int presence_clients_listen(presence_clients *cl, const char *url, const char *cert_file,
-                            const char *key_file)
+static int listen_one(presence_clients *cl, const char *url, const char *cert_file,
+                      const char *key_file)
 {
 	if (strncmp(url, "tls+tcp://", 10) == 0) {
 		int rv = setup_tls(cl, cert_file, key_file);
@@ -583,6 +583,30 @@ int presence_clients_listen(presence_clients *cl, const char *url, const char *c
 		rb_warn("agent link on %s is not encrypted: use tls+tcp:// beyond loopback", url);
 	}
 	return rb_bus_listen(cl->bus, url);
+}
+
+// url may list several addresses separated by commas: one TCP address gives a client host at
+// most one ephemeral port range, so a large floor behind one NAT or a load test spreads its
+// sessions over several listener addresses.
+int presence_clients_listen(presence_clients *cl, const char *url, const char *cert_file,
+                            const char *key_file)
+{
+	char list[1024], *save = NULL, *one;
+	int n = 0;
+
+	if (strlen(url) >= sizeof(list))
+		return RB_ETOOBIG;
+	memcpy(list, url, strlen(url) + 1);
+	for (one = strtok_r(list, ",", &save); one != NULL; one = strtok_r(NULL, ",", &save)) {
+		int rv = listen_one(cl, one, cert_file, key_file);
+
+		if (rv != 0) {
+			rb_error("cannot listen for agents on %s: %s", one, rb_err_str(rv));
+			return rv;
+		}
+		n++;
+	}
+	return n > 0 ? 0 : RB_EINVAL;
 }
 
 void presence_clients_janitor(presence_clients *cl)
