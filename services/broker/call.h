@@ -125,6 +125,9 @@ struct broker_call {
 	uint32_t ndecisions;
 	// Monotonic anchors of the timers (rebuilt from the UTC times at replay).
 	uint64_t arrived_mono_us, offer_mono_us, answered_mono_us, queued_mono_us;
+	// When a match was last handed back because its agent still held another call; not
+	// journaled (a pacing hint only).
+	uint64_t busy_release_mono_us;
 	// Owned by the service layer, never touched here.
 	void *timer;
 	void *polls;

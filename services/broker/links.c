@@ -10,6 +10,7 @@
 #include "rb_log.h"
 #include "rb_pb.h"
 #include "rb_secret.h"
+#include "rb_time.h"
 
 static const char *const link_names[BROKER_NLINKS] = {"calls", "auction", "presence", "billing"};
 
@@ -110,16 +111,30 @@ static void on_match(broker *b, const Ringbid__Match *m)
 		return;
 	}
 	broker_call *holder = broker_book_agent_call(&b->book, m->agent_id);
+	// In both cases below the call is still waiting: release the agent and put the call
+	// straight back in line, rather than leave it for the janitor's re-enqueue a second later.
 	if (holder != NULL) {
-		rb_logf(RB_LOG_WARN, id, m->agent_id,
-		        "match for an agent who holds call %s: released", holder->id);
+		// Usually a race, not a fault: the agent's hang-up of its last call is still on
+		// its way from presence while the auction already saw the agent free again.
+		// Should the two sides disagree for longer (a lost hang-up), re-enqueueing at once
+		// would bounce the call between broker and auction; within 100 ms of the last
+		// bounce, the janitor's re-enqueue paces it instead.
+		uint64_t now = rb_mono_us();
+		bool bounce =
+		        c->busy_release_mono_us != 0 && now - c->busy_release_mono_us < 100000;
+		rb_logf(bounce ? RB_LOG_WARN : RB_LOG_INFO, id, m->agent_id,
+		        "match for an agent who still holds call %s: released", holder->id);
+		c->busy_release_mono_us = now;
 		broker_send_dequeue(b, id, m->agent_id);
+		if (!bounce)
+			broker_send_enqueue(b, c);
 		return;
 	}
 	if (broker_call_excluded(c, m->agent_id)) {
 		rb_logf(RB_LOG_WARN, id, m->agent_id,
 		        "match for an agent excluded from this call: released");
 		broker_send_dequeue(b, id, m->agent_id);
+		broker_send_enqueue(b, c);
 		return;
 	}
 	broker_decision d;
