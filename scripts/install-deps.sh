@@ -6,7 +6,7 @@ PKGS=(
   build-essential pkg-config make gcc clang
   libuv1-dev libnng-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler
   libpq-dev postgresql postgresql-client
-  libsodium-dev libjansson-dev libcmocka-dev
+  libsodium-dev libjansson-dev libcmocka-dev acl
   libbsd-dev uthash-dev python3 procps iproute2 util-linux curl ca-certificates
 )
 

@@ -328,8 +328,22 @@ static int find_pg_bin(char *out, size_t n)
 	return 0;
 }
 
-// As root the cluster belongs to the postgres user, which must be able to reach it.
-static void check_traversal(const pg *p)
+// True when the postgres user can enter dir (mode bits, ACLs and all).
+static bool access_as_postgres(const pg *p, const char *dir)
+{
+	const char *argv[] = {"test", "-x", dir, NULL};
+	const run_opts ro = {.log = "/dev/null", .as_postgres = true};
+
+	(void)p;
+	return run(argv, &ro) == 0;
+}
+
+// As root the cluster belongs to the postgres user, which must be able to reach it: a
+// checkout under /root (mode 0700) would otherwise keep the private database from starting.
+// Each directory on the way that postgres cannot enter gets search permission for that user
+// only (an ACL entry, u:postgres:--x: entering, not listing), or o+x where the file system
+// has no ACLs; both are said on stderr.
+static int grant_traversal(const pg *p)
 {
 	char path[PATH_MAX];
 
@@ -342,17 +356,24 @@ static void check_traversal(const pg *p)
 		if (stat(path, &st) != 0)
 			continue;
 		need = st.st_uid == p->uid ? S_IXUSR : st.st_gid == p->gid ? S_IXGRP : S_IXOTH;
-		if (!(st.st_mode & need)) {
+		if ((st.st_mode & need) || access_as_postgres(p, path))
+			continue;
+		const char *acl[] = {"setfacl", "-m", "u:postgres:--x", path, NULL};
+		const run_opts quiet = {.log = "/dev/null", .as_postgres = false};
+
+		if (run(acl, &quiet) == 0) {
 			fprintf(stderr,
-			        "ringbid: warning: PostgreSQL runs as user postgres, which cannot "
-			        "enter %s (mode %03o); the private database will not start.\n"
-			        "ringbid: warning: use a RINGBID_HOME that user can reach, or "
-			        "allow "
-			        "it in: chmod o+x %s\n",
-			        path, (unsigned)(st.st_mode & 0777), path);
-			return;
+			        "ringbid: let user postgres enter %s (setfacl u:postgres:--x)\n",
+			        path);
+			continue;
 		}
+		if (chmod(path, (st.st_mode & 07777) | S_IXOTH) != 0)
+			return cli_fail(
+			        "user postgres cannot enter %s and it cannot be allowed: %s", path,
+			        strerror(errno));
+		fprintf(stderr, "ringbid: let user postgres enter %s (chmod o+x)\n", path);
 	}
+	return 0;
 }
 
 static int pg_own(const pg *p, const char *path)
@@ -408,7 +429,8 @@ static int pg_init(pg *p, const char *home)
 	if ((rc = pg_own(p, p->dir)) != 0)
 		return rc;
 	if (p->as_postgres)
-		check_traversal(p);
+		if ((rc = grant_traversal(p)) != 0)
+			return rc;
 	if (path_fmt(initdb_log, sizeof initdb_log, logdir, "initdb.log") < 0)
 		return cli_fail("RINGBID_HOME is too long");
 	printf("creating a private PostgreSQL cluster in %s\n", p->dir);
