@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "rb_db.h"
+#include "rb_pgdir.h"
 #include "rb_err.h"
 #include "rb_log.h"
 #include "rb_time.h"
@@ -95,6 +96,8 @@ static int group_setup(void **state)
 	if (mkdtemp(cluster) == NULL)
 		return -1;
 	if (geteuid() == 0) {
+		if (rb_pgdir_grant(cluster) != 0)
+			return -1;
 		snprintf(cmd, sizeof(cmd), "chown postgres: '%s'", cluster);
 		if (system(cmd) != 0)
 			return -1;

@@ -23,6 +23,7 @@
 #include "cli.h"
 #include "rb_config.h"
 #include "rb_err.h"
+#include "rb_pgdir.h"
 #include "rb_time.h"
 
 #define READY_TIMEOUT_MS  30000
@@ -328,54 +329,6 @@ static int find_pg_bin(char *out, size_t n)
 	return 0;
 }
 
-// True when the postgres user can enter dir (mode bits, ACLs and all).
-static bool access_as_postgres(const pg *p, const char *dir)
-{
-	const char *argv[] = {"test", "-x", dir, NULL};
-	const run_opts ro = {.log = "/dev/null", .as_postgres = true};
-
-	(void)p;
-	return run(argv, &ro) == 0;
-}
-
-// As root the cluster belongs to the postgres user, which must be able to reach it: a
-// checkout under /root (mode 0700) would otherwise keep the private database from starting.
-// Each directory on the way that postgres cannot enter gets search permission for that user
-// only (an ACL entry, u:postgres:--x: entering, not listing), or o+x where the file system
-// has no ACLs; both are said on stderr.
-static int grant_traversal(const pg *p)
-{
-	char path[PATH_MAX];
-
-	snprintf(path, sizeof path, "%s", p->dir);
-	for (char *slash = strrchr(path, '/'); slash && slash != path; slash = strrchr(path, '/')) {
-		struct stat st;
-		mode_t need;
-
-		*slash = '\0';
-		if (stat(path, &st) != 0)
-			continue;
-		need = st.st_uid == p->uid ? S_IXUSR : st.st_gid == p->gid ? S_IXGRP : S_IXOTH;
-		if ((st.st_mode & need) || access_as_postgres(p, path))
-			continue;
-		const char *acl[] = {"setfacl", "-m", "u:postgres:--x", path, NULL};
-		const run_opts quiet = {.log = "/dev/null", .as_postgres = false};
-
-		if (run(acl, &quiet) == 0) {
-			fprintf(stderr,
-			        "ringbid: let user postgres enter %s (setfacl u:postgres:--x)\n",
-			        path);
-			continue;
-		}
-		if (chmod(path, (st.st_mode & 07777) | S_IXOTH) != 0)
-			return cli_fail(
-			        "user postgres cannot enter %s and it cannot be allowed: %s", path,
-			        strerror(errno));
-		fprintf(stderr, "ringbid: let user postgres enter %s (chmod o+x)\n", path);
-	}
-	return 0;
-}
-
 static int pg_own(const pg *p, const char *path)
 {
 	if (p->as_postgres && chown(path, p->uid, p->gid) != 0)
@@ -429,8 +382,8 @@ static int pg_init(pg *p, const char *home)
 	if ((rc = pg_own(p, p->dir)) != 0)
 		return rc;
 	if (p->as_postgres)
-		if ((rc = grant_traversal(p)) != 0)
-			return rc;
+		if (rb_pgdir_grant(p->dir) != 0)
+			return cli_fail("user postgres cannot reach %s", p->dir);
 	if (path_fmt(initdb_log, sizeof initdb_log, logdir, "initdb.log") < 0)
 		return cli_fail("RINGBID_HOME is too long");
 	printf("creating a private PostgreSQL cluster in %s\n", p->dir);
