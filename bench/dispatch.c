@@ -181,6 +181,7 @@ static void send_login(bench_agent *a, const char *secret)
 	m.body_case = RINGBID__AGENT_MSG__BODY_LOGIN;
 	m.login = &login;
 	a->token[0] = '\0';
+	// The dial completes in the background; the send waits in the socket's queue until then.
 	while (send_agent(a, &m) != 0)
 		usleep(1000);
 }
@@ -199,7 +200,8 @@ static void *connect_agents(void *arg)
 		    (rv = nng_socket_set_size(a->sock, NNG_OPT_RECVMAXSZ, RB_PB_MAX_DEFAULT)) !=
 		            0 ||
 		    (rv = nng_socket_set_int(a->sock, NNG_OPT_SENDBUF, 16)) != 0 ||
-		    (rv = nng_dial(a->sock, s->urls[i % (size_t)s->n_urls], NULL, 0)) != 0 ||
+		    (rv = nng_dial(a->sock, s->urls[i % (size_t)s->n_urls], NULL,
+		                   NNG_FLAG_NONBLOCK)) != 0 ||
 		    (rv = nng_aio_alloc(&a->aio, agent_recv_cb, a)) != 0) {
 			fprintf(stderr, "agent %" PRIu64 ": %s\n", a->id, nng_strerror(rv));
 			exit(1);
