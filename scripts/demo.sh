@@ -223,5 +223,35 @@ if [ -n "$example" ]; then
   ringbid explain "$example" || true
 fi
 
+step "Pay: ringbid payroll"
+note "Agents are paid per talk minute; pay periods are weeks in RINGBID_PAY_TZ (${RINGBID_PAY_TZ:-UTC})."
+note "This week is still running, so it cannot be closed yet; last week can (calls arriving"
+note "later for it are paid next week on LATE lines)."
+ringbid payroll close previous || true
+ringbid payroll periods
+step "This week's payroll file (provisional until closed): ringbid payroll export current --format csv"
+payroll_csv=$(ringbid payroll export current --format csv --output -) || payroll_csv=''
+printf '%s\n' "$payroll_csv"
+if [ -n "$payroll_csv" ]; then
+  step "Pay per agent so far (ringbid payroll explain AGENT current shows the calls behind it)"
+  printf '%s\n' "$payroll_csv" | python3 -c '
+import csv, sys
+from decimal import Decimal
+pay = {}
+for row in csv.DictReader(sys.stdin):
+    a = pay.setdefault(row["employee_id"], [row["name"], Decimal(0), Decimal(0), Decimal(0)])
+    amount = Decimal(row["amount"])
+    if row["earnings_code"] == "SALE":
+        a[3] += amount
+    else:
+        a[1] += Decimal(row["quantity"])
+        a[2] += amount
+print("%-6s %-18s %10s %10s %10s" % ("agent", "name", "minutes", "talk pay", "total"))
+for aid in sorted(pay, key=lambda k: int(k)):
+    name, minutes, talk, sales = pay[aid]
+    print("%-6s %-18s %10.2f %10s %10s" % (aid, name[:18], minutes, talk, talk + sales))
+'
+fi
+
 step "Done"
 note "Logs: $RINGBID_HOME/log (services), $AGENT_LOGS (agents), $CALLS_DIR (calls)."

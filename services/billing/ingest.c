@@ -115,6 +115,7 @@ static json_t *cdr_json(const Ringbid__Cdr *c, const char *hash, const char *rea
 	json_object_set_new(o, "disposition", json_string(disposition_name(c->disposition)));
 	json_object_set_new(o, "sale", json_boolean(c->sale));
 	json_object_set_new(o, "review", json_boolean(c->review));
+	json_object_set_new(o, "resolved", json_boolean(c->resolved));
 	json_object_set_new(o, "offers", json_integer(c->offers));
 	json_object_set_new(o, "hash", json_string(hash));
 	json_object_set_new(o, "reason", reason ? json_string(reason) : json_null());
@@ -144,45 +145,8 @@ int billing_batch_json(Ringbid__Cdr *const *cdrs, size_t n, char **out)
 	return *out ? 0 : RB_ENOMEM;
 }
 
-// One statement: every CTE sees the table as it was before the statement, so "conflict" means
-// an earlier stored CDR with the same id and another hash. Invalid CDRs and conflicts go to the
-// quarantine with their reason; everything else is inserted once (ON CONFLICT DO NOTHING makes
-// a resend a no-op).
+// billing.ingest_cdrs (db/migrations/0003_pay.sql) stores the batch in one statement: it waits
+// while a pay period closes, stores each CDR once, quarantines invalid and conflicting ones,
+// and marks CDRs of closed periods for payment as LATE in the open one.
 const char BILLING_INGEST_SQL[] =
-        "WITH input AS ("
-        " SELECT DISTINCT ON (cdr_id) * FROM jsonb_to_recordset($1::jsonb) AS r("
-        "  cdr_id text, call_id text, program text, agent_id bigint, arrived_us bigint,"
-        "  offered_us bigint, answered_us bigint, ended_us bigint, talk_s bigint,"
-        "  disposition text, sale boolean, review boolean, offers int, hash text, reason text)"
-        " ORDER BY cdr_id),"
-        " checked AS ("
-        " SELECT i.*, coalesce(i.reason,"
-        "   CASE WHEN p.id IS NULL THEN 'unknown program'"
-        "        WHEN i.agent_id IS NOT NULL AND a.id IS NULL THEN 'unknown agent'"
-        "        WHEN s.cdr_id IS NOT NULL AND s.payload_hash <> decode(i.hash, 'hex')"
-        "          THEN 'same cdr id with different content' END) AS why,"
-        "   (i.reason IS NULL AND p.id IS NOT NULL AND (i.agent_id IS NULL OR a.id IS NOT NULL)"
-        "    AND s.cdr_id IS NOT NULL AND s.payload_hash <> decode(i.hash, 'hex')) AS conflict"
-        " FROM input i"
-        " LEFT JOIN roster.programs p ON p.id = i.program"
-        " LEFT JOIN roster.agents a ON a.id = i.agent_id"
-        " LEFT JOIN billing.cdrs s ON s.cdr_id = i.cdr_id),"
-        " ins AS ("
-        " INSERT INTO billing.cdrs (cdr_id, call_id, program, agent_id, arrived_at, offered_at,"
-        "  answered_at, ended_at, talk_s, disposition, sale, review, offers, payload_hash)"
-        " SELECT cdr_id, call_id, program, agent_id,"
-        "  'epoch'::timestamptz + arrived_us * interval '1 microsecond',"
-        "  'epoch'::timestamptz + offered_us * interval '1 microsecond',"
-        "  'epoch'::timestamptz + answered_us * interval '1 microsecond',"
-        "  'epoch'::timestamptz + ended_us * interval '1 microsecond',"
-        "  talk_s, disposition, sale, review, offers, decode(hash, 'hex')"
-        " FROM checked WHERE why IS NULL"
-        " ON CONFLICT (cdr_id) DO NOTHING RETURNING cdr_id),"
-        " quar AS ("
-        " INSERT INTO billing.cdr_quarantine (cdr_id, reason, payload_hash, payload)"
-        " SELECT cdr_id, why, decode(hash, 'hex'), to_jsonb(checked) - 'why' - 'conflict'"
-        " FROM checked WHERE why IS NOT NULL"
-        " ON CONFLICT (cdr_id, payload_hash) DO NOTHING RETURNING cdr_id)"
-        " SELECT cdr_id, CASE WHEN why IS NULL THEN 'stored'"
-        "  WHEN conflict THEN 'quarantined' ELSE 'refused' END, coalesce(why, '')"
-        " FROM checked ORDER BY cdr_id";
+        "SELECT cdr_id, outcome, reason FROM billing.ingest_cdrs($1::jsonb)";

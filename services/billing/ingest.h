@@ -19,8 +19,9 @@ int billing_cdr_hash(const Ringbid__Cdr *cdr, char out[65]);
 // invalid ones with their reason. *out is the caller's (free()). Returns 0 or RB_ENOMEM.
 int billing_batch_json(Ringbid__Cdr *const *cdrs, size_t n, char **out);
 
-// $1: the batch JSON. One statement, so the batch is stored atomically: returns one row per CDR
-// (cdr_id, outcome 'stored'|'quarantined'|'refused', reason).
+// $1: the batch JSON. One statement (billing.ingest_cdrs), so the batch is stored atomically and
+// never interleaves with a pay period's close: returns one row per CDR (cdr_id, outcome
+// 'stored'|'quarantined'|'refused', reason).
 extern const char BILLING_INGEST_SQL[];
 
 #endif

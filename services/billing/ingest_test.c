@@ -116,6 +116,11 @@ static void test_hash_is_content(void **state)
 	b.sale = true;
 	assert_int_equal(billing_cdr_hash(&b, hb), 0);
 	assert_string_not_equal(ha, hb);
+	// Resolution is content too: a resend that flips it is a conflict, not a resend.
+	b = completed();
+	b.resolved = true;
+	assert_int_equal(billing_cdr_hash(&b, hb), 0);
+	assert_string_not_equal(ha, hb);
 }
 
 static void test_batch_json(void **state)
@@ -126,6 +131,8 @@ static void test_batch_json(void **state)
 	char *text = NULL;
 	json_t *arr, *o;
 
+	a.sale = true;
+	a.resolved = true;
 	bad.cdr_id = "c9";
 	bad.call_id = "c9";
 	bad.ended_us = bad.arrived_us - 10;
@@ -140,7 +147,11 @@ static void test_batch_json(void **state)
 	assert_int_equal(json_integer_value(json_object_get(o, "talk_s")), 61);
 	assert_string_equal(json_string_value(json_object_get(o, "disposition")), "completed");
 	assert_true(json_is_null(json_object_get(o, "reason")));
+	assert_true(json_is_true(json_object_get(o, "sale")));
+	assert_true(json_is_true(json_object_get(o, "resolved")));
+	assert_true(json_is_false(json_object_get(o, "review")));
 	o = json_array_get(arr, 1);
+	assert_true(json_is_false(json_object_get(o, "resolved")));
 	assert_string_equal(json_string_value(json_object_get(o, "reason")),
 	                    "ends before it arrived");
 	json_decref(arr);

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -38,6 +39,7 @@ enum probe_mode {
 	MODE_TRUNCATED,
 	MODE_WRONG_TOKEN,
 	MODE_VALID,
+	MODE_CDRS, // a CdrBatch of the CDRs in a JSON-lines file
 };
 
 struct probe_opts {
@@ -47,6 +49,7 @@ struct probe_opts {
 	enum probe_kind kind;   // message built (truncated, wrong-token, valid, oversize)
 	enum probe_kind answer; // reply type to decode; KIND_NONE: try every type
 	const char *hex;
+	const char *cdrs_path;
 	size_t size;
 	int timeout_ms;
 	const char *token;
@@ -58,6 +61,7 @@ struct probe_reply {
 	enum probe_kind decoded;
 	int error_code;
 	char error_message[512];
+	char *ack; // a CdrAck's lists as JSON members (",\"stored\":[...]..."), or NULL
 };
 
 // Pipe events arrive on nng's threads; the flags are only read after the exchange.
@@ -73,7 +77,8 @@ static void usage(FILE *f)
 	fprintf(f,
 	        "usage: rb_probe --url URL --proto req|pair\n"
 	        "                (--send-hex HEX | --garbage N | --oversize N |\n"
-	        "                 --truncated KIND | --wrong-token KIND | --valid KIND)\n"
+	        "                 --truncated KIND | --wrong-token KIND | --valid KIND |\n"
+	        "                 --cdrs FILE)\n"
 	        "                [--kind KIND] [--token TOKEN] [--timeout-ms N]\n"
 	        "KIND: call (CallRequest with StatusQuery), envelope (Envelope with\n"
 	        "SnapshotRequest), agent (AgentMsg with Heartbeat), cdr (empty CdrBatch).\n"
@@ -82,7 +87,12 @@ static void usage(FILE *f)
 	        "(RINGBID_SERVICE_TOKEN, or $RINGBID_HOME/env).\n"
 	        "Prints one JSON line: sent, reply (none|bytes), len, decoded, error_code,\n"
 	        "error_name, error_message, closed, other, elapsed_ms. Exit 0 when the message\n"
-	        "was sent, 1 when it could not be, 2 on usage errors.\n");
+	        "was sent, 1 when it could not be, 2 on usage errors.\n"
+	        "--cdrs FILE ('-': stdin) sends one CdrBatch of the CDRs in FILE, one JSON object\n"
+	        "a line: cdr_id, call_id (default cdr_id), program, agent_id, arrived_us,\n"
+	        "offered_us, answered_us, ended_us, talk_s, disposition (completed, abandoned,\n"
+	        "overflow), sale, review, resolved, offers; the result adds the CdrAck's stored,\n"
+	        "quarantined and refused ids.\n");
 }
 
 static enum probe_kind parse_kind(const char *s)
@@ -109,7 +119,7 @@ static int set_mode(struct probe_opts *o, enum probe_mode m)
 {
 	if (o->mode != MODE_NONE) {
 		fprintf(stderr, "rb_probe: give only one of --send-hex, --garbage, --oversize, "
-		                "--truncated, --wrong-token, --valid\n");
+		                "--truncated, --wrong-token, --valid, --cdrs\n");
 		return RB_EINVAL;
 	}
 	o->mode = m;
@@ -137,6 +147,7 @@ static int parse_args(int argc, char **argv, struct probe_opts *o)
 	        {"truncated", required_argument, NULL, 't'},
 	        {"wrong-token", required_argument, NULL, 'w'},
 	        {"valid", required_argument, NULL, 'v'},
+	        {"cdrs", required_argument, NULL, 'c'},
 	        {"kind", required_argument, NULL, 'k'},
 	        {"token", required_argument, NULL, 'T'},
 	        {"timeout-ms", required_argument, NULL, 'm'},
@@ -186,6 +197,11 @@ static int parse_args(int argc, char **argv, struct probe_opts *o)
 			rv = set_mode(o, MODE_VALID);
 			if (rv == 0)
 				rv = kind_arg(optarg, &o->kind);
+			break;
+		case 'c':
+			rv = set_mode(o, MODE_CDRS);
+			o->cdrs_path = optarg;
+			o->kind = KIND_CDR;
 			break;
 		case 'k':
 			rv = kind_arg(optarg, &o->answer);
@@ -317,6 +333,107 @@ static int build_message(enum probe_kind k, const char *token, uint8_t **out, si
 	return 0;
 }
 
+static uint64_t json_u64(const json_t *o, const char *key)
+{
+	const json_t *v = json_object_get(o, key);
+
+	return json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+}
+
+static char *json_str(const json_t *o, const char *key, const char *dflt)
+{
+	const json_t *v = json_object_get(o, key);
+
+	return (char *)(json_is_string(v) ? json_string_value(v) : dflt);
+}
+
+static Ringbid__Disposition disposition_of(const char *s)
+{
+	if (strcmp(s, "completed") == 0)
+		return RINGBID__DISPOSITION__DISP_COMPLETED;
+	if (strcmp(s, "abandoned") == 0)
+		return RINGBID__DISPOSITION__DISP_ABANDONED;
+	if (strcmp(s, "overflow") == 0)
+		return RINGBID__DISPOSITION__DISP_OVERFLOW;
+	return (Ringbid__Disposition)atoi(s);
+}
+
+// A CdrBatch of the CDRs in path (JSON lines; '-' reads stdin), packed into *out (caller's).
+static int build_cdr_batch(const char *path, const char *token, uint8_t **out, size_t *out_len)
+{
+	Ringbid__CdrBatch batch = RINGBID__CDR_BATCH__INIT;
+	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+	json_t *objs = json_array();
+	char *line = NULL;
+	size_t cap = 0;
+	int rv = 0;
+
+	if (f == NULL || objs == NULL) {
+		fprintf(stderr, "rb_probe: cannot read %s\n", path);
+		json_decref(objs);
+		return RB_EIO;
+	}
+	while (getline(&line, &cap, f) > 0) {
+		json_error_t jerr;
+		json_t *o;
+
+		if (strspn(line, " \t\r\n") == strlen(line))
+			continue;
+		o = json_loads(line, 0, &jerr);
+		if (!json_is_object(o)) {
+			fprintf(stderr, "rb_probe: %s: not a JSON object: %s\n", path, jerr.text);
+			json_decref(o);
+			rv = RB_EINVAL;
+			break;
+		}
+		json_array_append_new(objs, o);
+	}
+	free(line);
+	if (f != stdin)
+		fclose(f);
+	size_t n = json_array_size(objs);
+	Ringbid__Cdr *cdrs = calloc(n ? n : 1, sizeof(*cdrs));
+	Ringbid__Cdr **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+	if (rv == 0 && (cdrs == NULL || ptrs == NULL))
+		rv = RB_ENOMEM;
+	for (size_t i = 0; rv == 0 && i < n; i++) {
+		const json_t *o = json_array_get(objs, i);
+		Ringbid__Cdr *c = &cdrs[i];
+
+		ringbid__cdr__init(c);
+		c->cdr_id = json_str(o, "cdr_id", "");
+		c->call_id = json_str(o, "call_id", c->cdr_id);
+		c->program = json_str(o, "program", "");
+		c->agent_id = json_u64(o, "agent_id");
+		c->arrived_us = json_u64(o, "arrived_us");
+		c->offered_us = json_u64(o, "offered_us");
+		c->answered_us = json_u64(o, "answered_us");
+		c->ended_us = json_u64(o, "ended_us");
+		c->talk_s = json_u64(o, "talk_s");
+		c->disposition = disposition_of(json_str(o, "disposition", "completed"));
+		c->sale = json_is_true(json_object_get(o, "sale"));
+		c->review = json_is_true(json_object_get(o, "review"));
+		c->resolved = json_is_true(json_object_get(o, "resolved"));
+		c->offers = (uint32_t)json_u64(o, "offers");
+		ptrs[i] = c;
+	}
+	if (rv == 0) {
+		batch.token = (char *)token;
+		batch.n_cdrs = n;
+		batch.cdrs = ptrs;
+		*out_len = ringbid__cdr_batch__get_packed_size(&batch);
+		*out = malloc(*out_len ? *out_len : 1);
+		if (*out == NULL)
+			rv = RB_ENOMEM;
+		else
+			ringbid__cdr_batch__pack(&batch, *out);
+	}
+	free(cdrs);
+	free(ptrs);
+	json_decref(objs);
+	return rv;
+}
+
 // Cuts a packed message of kind k short, at the longest prefix that no longer decodes.
 static int truncate_message(enum probe_kind k, uint8_t *buf, size_t len, size_t *out_len)
 {
@@ -435,6 +552,33 @@ static bool error_of(enum probe_kind k, const ProtobufCMessage *m, int *code, co
 	return true;
 }
 
+static void append_ids(json_t *o, const char *key, char **ids, size_t n)
+{
+	json_t *a = json_array();
+
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(a, json_string(ids[i] ? ids[i] : ""));
+	json_object_set_new(o, key, a);
+}
+
+// The lists of a CdrAck as JSON object members to splice into the result line.
+static char *ack_lists(const Ringbid__CdrAck *ack)
+{
+	json_t *o = json_object();
+	char *text, *out = NULL;
+
+	append_ids(o, "stored", ack->stored, ack->n_stored);
+	append_ids(o, "quarantined", ack->quarantined, ack->n_quarantined);
+	append_ids(o, "refused", ack->refused, ack->n_refused);
+	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+	json_decref(o);
+	if (text != NULL && strlen(text) > 2 &&
+	    asprintf(&out, ",%.*s", (int)strlen(text) - 2, text + 1) < 0)
+		out = NULL;
+	free(text);
+	return out;
+}
+
 // Decodes a reply as kind k (or, with KIND_NONE, as the first type that decodes with an error
 // in it, else the first type that decodes at all). Fills r; returns true when it carried an
 // ErrorReply.
@@ -454,6 +598,8 @@ static bool decode_reply(enum probe_kind k, const uint8_t *buf, size_t len, stru
 		int code = 0;
 		const char *text = NULL;
 		bool is_error = error_of((enum probe_kind)i, m, &code, &text);
+		if (i == KIND_CDR && k == KIND_CDR && !is_error)
+			r->ack = ack_lists((const Ringbid__CdrAck *)m);
 		if (is_error) {
 			r->decoded = (enum probe_kind)i;
 			r->error_code = code;
@@ -518,6 +664,8 @@ static void print_result(size_t sent, const struct probe_reply *r, const struct 
 	printf(",\"connected\":%s,\"closed\":%s,\"other\":%d,\"elapsed_ms\":%llu",
 	       pp->added > 0 ? "true" : "false", pp->removed > 0 ? "true" : "false", other,
 	       (unsigned long long)elapsed_ms);
+	if (r->ack != NULL)
+		fputs(r->ack, stdout);
 	if (failure != NULL) {
 		fputs(",\"failure\":", stdout);
 		print_json_string(failure);
@@ -537,6 +685,8 @@ static int make_payload(const struct probe_opts *o, const char *token, uint8_t *
 		return make_oversize(o->kind, o->size, buf, len);
 	case MODE_VALID:
 		return build_message(o->kind, token, buf, len);
+	case MODE_CDRS:
+		return build_cdr_batch(o->cdrs_path, token, buf, len);
 	case MODE_WRONG_TOKEN:
 		// Well formed (64 lowercase hex, like a real token) and still wrong.
 		return build_message(o->kind,
