@@ -37,6 +37,8 @@ static const char *kind_name(Ringbid__AgentMsg__BodyCase kind)
 		return "end_call";
 	case RINGBID__AGENT_MSG__BODY_LOGOUT:
 		return "logout";
+	case RINGBID__AGENT_MSG__BODY_EARNINGS_QUERY:
+		return "earnings";
 	default:
 		return "message";
 	}
@@ -163,6 +165,7 @@ static void req_send(agent_client *c, agent_req *r)
 	Ringbid__OfferAnswer answer = RINGBID__OFFER_ANSWER__INIT;
 	Ringbid__EndCall end_call = RINGBID__END_CALL__INIT;
 	Ringbid__Logout logout = RINGBID__LOGOUT__INIT;
+	Ringbid__EarningsQuery earnings = RINGBID__EARNINGS_QUERY__INIT;
 
 	m.seq = r->seq;
 	m.token = c->token;
@@ -192,7 +195,12 @@ static void req_send(agent_client *c, agent_req *r)
 		break;
 	case RINGBID__AGENT_MSG__BODY_END_CALL:
 		end_call.call_id = r->call_id;
+		end_call.sale = r->sale;
+		end_call.resolved = r->resolved;
 		m.end_call = &end_call;
+		break;
+	case RINGBID__AGENT_MSG__BODY_EARNINGS_QUERY:
+		m.earnings_query = &earnings;
 		break;
 	case RINGBID__AGENT_MSG__BODY_LOGOUT:
 		m.logout = &logout;
@@ -695,6 +703,42 @@ static void on_bad_reply(agent_client *c, const agent_req *r, const char *what)
 	}
 }
 
+static bool earnings_text_ok(const char *s, size_t max)
+{
+	if (s == NULL)
+		return true;
+	size_t n = strnlen(s, max + 1);
+	if (n > max)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return false;
+	return true;
+}
+
+// Presence's figures are shown as they came; only their shape is checked (short printable
+// text), since the amounts are decimal text computed by PostgreSQL.
+static void on_earnings(agent_client *c, const Ringbid__Earnings *e)
+{
+	if (e == NULL || !earnings_text_ok(e->currency, 8) ||
+	    !earnings_text_ok(e->period_start, 16) || !earnings_text_ok(e->period_end, 16) ||
+	    !earnings_text_ok(e->today_amount, 32) || !earnings_text_ok(e->period_amount, 32)) {
+		rb_logf(RB_LOG_WARN, NULL, c->cfg.agent_id, "malformed earnings ignored");
+		emit_error(c, RB_EDECODE, "presence sent malformed earnings");
+		return;
+	}
+	Ringbid__Earnings shown = *e;
+	shown.currency = e->currency ? e->currency : "";
+	shown.period_start = e->period_start ? e->period_start : "";
+	shown.period_end = e->period_end ? e->period_end : "";
+	shown.today_amount = e->today_amount ? e->today_amount : "0";
+	shown.period_amount = e->period_amount ? e->period_amount : "0";
+	agent_event ev;
+	ev_init(&ev, AGENT_EV_EARNINGS);
+	ev.earnings = &shown;
+	emit(c, &ev);
+}
+
 // The answer to request r (removed from the table already; r is a copy).
 static void on_reply(agent_client *c, const agent_req *r, const Ringbid__AgentMsg *m)
 {
@@ -717,6 +761,10 @@ static void on_reply(agent_client *c, const agent_req *r, const Ringbid__AgentMs
 			on_bad_reply(c, r, "malformed status");
 			return;
 		}
+	} else if (m->body_case == RINGBID__AGENT_MSG__BODY_EARNINGS &&
+	           r->kind == RINGBID__AGENT_MSG__BODY_EARNINGS_QUERY) {
+		on_earnings(c, m->earnings);
+		return;
 	} else {
 		on_bad_reply(c, r, "unexpected message");
 		return;
@@ -972,7 +1020,9 @@ void agent_client_tick(agent_client *c)
 		c->call.end_due_ms = 0;
 		rb_logf(RB_LOG_INFO, c->call.call_id, c->cfg.agent_id,
 		        "talk time over: ending call");
-		int rv = agent_client_end_call(c);
+		c->auto_ended++;
+		bool sale = c->cfg.sale_every != 0 && c->auto_ended % c->cfg.sale_every == 0;
+		int rv = agent_client_end_call(c, sale, false);
 		if (rv != 0)
 			emit_error(c, rv, "could not end the call");
 	}
@@ -1056,7 +1106,7 @@ int agent_client_answer(agent_client *c, bool accept)
 	return 0;
 }
 
-int agent_client_end_call(agent_client *c)
+int agent_client_end_call(agent_client *c, bool sale, bool resolved)
 {
 	agent_req *r;
 	int rv = command_allowed(c);
@@ -1071,8 +1121,24 @@ int agent_client_end_call(agent_client *c)
 	if (rv != 0)
 		return rv;
 	copy_id(r->call_id, c->call.call_id);
+	r->sale = sale;
+	r->resolved = resolved;
 	c->call.end_requested = true;
 	c->call.end_due_ms = 0;
+	req_start(c, r);
+	return 0;
+}
+
+int agent_client_earnings(agent_client *c)
+{
+	agent_req *r;
+	int rv = command_allowed(c);
+
+	if (rv != 0)
+		return rv;
+	rv = req_add(c, RINGBID__AGENT_MSG__BODY_EARNINGS_QUERY, &r);
+	if (rv != 0)
+		return rv;
 	req_start(c, r);
 	return 0;
 }

@@ -46,6 +46,7 @@ typedef enum {
 	AGENT_EV_OFFER_WITHDRAWN, // offer_id, call_id, reason
 	AGENT_EV_ERROR,           // code, message
 	AGENT_EV_LOGOUT,
+	AGENT_EV_EARNINGS, // earnings (the agent's own figures, as presence computed them)
 } agent_event_kind;
 
 typedef struct agent_event {
@@ -62,6 +63,7 @@ typedef struct agent_event {
 	bool by_agent;
 	int code;
 	const char *message;
+	const Ringbid__Earnings *earnings; // AGENT_EV_EARNINGS; strings never NULL
 } agent_event;
 
 // The owner's side. All callbacks are required except where noted.
@@ -88,6 +90,7 @@ typedef struct agent_client_config {
 	uint64_t talk_ms;      // AGENT_OFFERS_ACCEPT: talk time before ending the call
 	bool auto_ready;       // go AVAILABLE after login, resume and wrap-up by itself
 	uint64_t heartbeat_ms; // > 0
+	uint32_t sale_every;   // AGENT_OFFERS_ACCEPT: mark every Nth call a sale (0: never)
 } agent_client_config;
 
 // The session with presence, as the client sees it. Transitions happen in one place
@@ -111,6 +114,7 @@ typedef struct agent_req {
 	Ringbid__AgentState want_state;
 	uint64_t offer_id;
 	bool accept;
+	bool sale, resolved; // END_CALL: the agent's marks
 	char call_id[AGENT_ID_MAX + 1];
 } agent_req;
 
@@ -154,6 +158,7 @@ typedef struct agent_client {
 	uint64_t backoff_due_ms; // AGENT_PHASE_BACKOFF: retry login then
 	uint64_t logout_due_ms;  // AGENT_PHASE_LOGOUT: leave then, answered or not
 	bool logout_requested;   // leave as soon as the session allows (logout before login)
+	uint64_t auto_ended;     // calls ended by the auto mode (for sale_every)
 } agent_client;
 
 // Prepares c (embedded object). cfg->secret is copied. Returns 0 or RB_EINVAL (agent id 0,
@@ -180,7 +185,10 @@ uint64_t agent_client_next_due(const agent_client *c);
 // requests in flight).
 int agent_client_set_ready(agent_client *c, bool ready);
 int agent_client_answer(agent_client *c, bool accept);
-int agent_client_end_call(agent_client *c);
+// end_call marks the call a sale and/or resolved (both false: neither).
+int agent_client_end_call(agent_client *c, bool sale, bool resolved);
+// Asks presence for the agent's own earnings; the answer comes as AGENT_EV_EARNINGS.
+int agent_client_earnings(agent_client *c);
 // Logs out and finishes with exit code 0: at once when there is no session, else after
 // presence answers or AGENT_LOGOUT_WAIT_MS. Calling it again is harmless.
 int agent_client_logout(agent_client *c);

@@ -660,7 +660,7 @@ static void test_call_ended_by_caller(void **state)
 	assert_int_equal(agent_client_state(&f->c), RINGBID__AGENT_STATE__AGENT_WRAP_UP);
 	// Interactive: wrap-up lasts until the person says ready.
 	assert_int_equal(count_of(f, RINGBID__AGENT_MSG__BODY_SET_STATE), 0);
-	assert_int_equal(agent_client_end_call(&f->c), RB_ENOTFOUND);
+	assert_int_equal(agent_client_end_call(&f->c, false, false), RB_ENOTFOUND);
 	fake_free(f);
 }
 

@@ -54,6 +54,9 @@ typedef struct agent_main {
 
 	bool finishing; // the client finished: the handles are closing
 	int exit_code;
+	// Human mode: a call just ended, so the agent's earnings are asked for once the client's
+	// event has been handled (not from inside it).
+	bool want_earnings;
 } agent_main;
 
 static void shutdown_all(agent_main *m);
@@ -75,13 +78,17 @@ static int op_send(void *arg, const Ringbid__AgentMsg *msg)
 	return rb_bus_send(m->bus, nm);
 }
 
+static void on_timer(uv_timer_t *t);
+
 static void op_event(void *arg, const agent_event *ev)
 {
 	agent_main *m = arg;
 	agent_ui_event(&m->ui, ev);
+	if (ev->kind == AGENT_EV_CALL_ENDED && m->ui.mode == AGENT_UI_HUMAN && !m->finishing) {
+		m->want_earnings = true;
+		uv_timer_start(&m->timer, on_timer, 0, 0);
+	}
 }
-
-static void on_timer(uv_timer_t *t);
 
 static void op_finish(void *arg, int exit_code)
 {
@@ -112,7 +119,7 @@ static void rearm(agent_main *m)
 {
 	if (m->finishing)
 		return;
-	uint64_t due = agent_client_next_due(&m->client);
+	uint64_t due = m->want_earnings ? 0 : agent_client_next_due(&m->client);
 	if (due == UINT64_MAX) {
 		uv_timer_stop(&m->timer);
 		return;
@@ -128,6 +135,12 @@ static void on_timer(uv_timer_t *t)
 	if (m->finishing) {
 		shutdown_all(m);
 		return;
+	}
+	if (m->want_earnings) {
+		m->want_earnings = false;
+		int rv = agent_client_earnings(&m->client);
+		if (rv != 0 && rv != RB_ESTATE)
+			agent_ui_note(&m->ui, "Earnings not asked for: %s.", rb_err_str(rv));
 	}
 	agent_client_tick(&m->client);
 	rearm(m);
@@ -472,6 +485,7 @@ static int run(agent_main *m, const agent_options *o, const char *secret, const 
 	        .talk_ms = o->talk_ms,
 	        .auto_ready = agent_options_auto_ready(o),
 	        .heartbeat_ms = heartbeat_ms,
+	        .sale_every = o->sale_every,
 	};
 	agent_client_ops ops = {
 	        .send = op_send,

@@ -11,7 +11,8 @@
 
 const char agent_usage[] =
         "Usage: ringbid-agent --agent ID [--secret-file FILE] [--url URL] [--auto-answer SECONDS]\n"
-        "                     [--json] [--decline] [--ignore-offers] [--no-ready]\n"
+        "                     [--sale-every N] [--json] [--decline] [--ignore-offers] "
+        "[--no-ready]\n"
         "                     [--help] [--version]\n"
         "\n"
         "Logs a remote agent in to ringbid's presence service, takes offered calls and keeps\n"
@@ -25,14 +26,15 @@ const char agent_usage[] =
         "                         tcp://127.0.0.1:<RINGBID_PORT_BASE+5>)\n"
         "  --auto-answer SECONDS  answer by itself: go ready, accept every offer, end each call\n"
         "                         after SECONDS of talk (decimals allowed), go ready again\n"
+        "  --sale-every N         with --auto-answer: mark every Nth call a sale (1..1000000)\n"
         "  --decline              answer by itself, declining every offer\n"
         "  --ignore-offers        answer by itself, never answering offers (they time out)\n"
         "  --no-ready             with the options above: never go ready by itself\n"
         "  --json                 one JSON object per line on stdout instead of sentences\n"
         "  --help, --version\n"
         "\n"
-        "Commands (one per line on stdin): ready, pause, accept (y), decline (n), end, status,\n"
-        "logout, quit.\n"
+        "Commands (one per line on stdin): ready, pause, accept (y), decline (n),\n"
+        "end [sale] [resolved], earnings, status, logout, quit.\n"
         "\n"
         "Exit status: 0 logged out, 1 failure, 2 usage or no secret, 3 login refused.\n";
 
@@ -174,6 +176,15 @@ int agent_options_parse(int argc, char **argv, agent_options *o, char *err, size
 				            "(got '%.40s')",
 				            v ? v : "");
 			o->auto_answer = true;
+		} else if (is_opt(arg, "--sale-every")) {
+			uint64_t every = 0;
+			v = take_value(argc, argv, &i, "--sale-every");
+			if (v == NULL || parse_id(v, &every) != 0 || every > 1000000)
+				return fail(err, errn,
+				            "--sale-every needs a whole number of calls from 1 to "
+				            "1000000 (got '%.40s')",
+				            v ? v : "");
+			o->sale_every = (uint32_t)every;
 		} else if (strcmp(arg, "--json") == 0) {
 			o->json = true;
 		} else if (strcmp(arg, "--decline") == 0) {
@@ -192,6 +203,8 @@ int agent_options_parse(int argc, char **argv, agent_options *o, char *err, size
 		return fail(err, errn, "--agent ID is required (see --help)");
 	if (o->decline && o->ignore_offers)
 		return fail(err, errn, "--decline and --ignore-offers exclude each other");
+	if (o->sale_every != 0 && !o->auto_answer)
+		return fail(err, errn, "--sale-every only works with --auto-answer");
 	return 0;
 }
 

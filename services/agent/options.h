@@ -14,6 +14,7 @@ typedef struct agent_options {
 	const char *url;         // --url (points into argv), NULL when not given
 	bool auto_answer;        // --auto-answer given
 	uint64_t talk_ms;        // its SECONDS, in milliseconds
+	uint32_t sale_every;     // --sale-every N: every Nth auto-answered call is a sale (0: none)
 	bool json;
 	bool decline;
 	bool ignore_offers;

@@ -131,6 +131,29 @@ static void test_parse_refusals(void **state)
 	assert_non_null(strstr(err, "--fast"));
 }
 
+static void test_parse_sale_every(void **state)
+{
+	agent_options o;
+	char err[256];
+	(void)state;
+
+	char *ok[] = {"ringbid-agent", "--agent", "3", "--auto-answer", "1", "--sale-every", "3"};
+	assert_int_equal(agent_options_parse(ARGC(ok), ok, &o, err, sizeof(err)), 0);
+	assert_int_equal(o.sale_every, 3);
+	char *none[] = {"ringbid-agent", "--agent", "3", "--auto-answer", "1"};
+	assert_int_equal(agent_options_parse(ARGC(none), none, &o, err, sizeof(err)), 0);
+	assert_int_equal(o.sale_every, 0);
+	char *zero[] = {"ringbid-agent", "--agent", "3", "--auto-answer", "1", "--sale-every=0"};
+	assert_int_equal(agent_options_parse(ARGC(zero), zero, &o, err, sizeof(err)), RB_EINVAL);
+	assert_non_null(strstr(err, "--sale-every"));
+	char *big[] = {"ringbid-agent", "--agent", "3", "--auto-answer", "1",
+	               "--sale-every",  "1000001"};
+	assert_int_equal(agent_options_parse(ARGC(big), big, &o, err, sizeof(err)), RB_EINVAL);
+	char *alone[] = {"ringbid-agent", "--agent", "3", "--sale-every", "2"};
+	assert_int_equal(agent_options_parse(ARGC(alone), alone, &o, err, sizeof(err)), RB_EINVAL);
+	assert_non_null(strstr(err, "--auto-answer"));
+}
+
 static void test_parse_seconds(void **state)
 {
 	uint64_t ms = 0;
@@ -245,6 +268,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_parse_basic),
 	        cmocka_unit_test(test_parse_refusals),
+	        cmocka_unit_test(test_parse_sale_every),
 	        cmocka_unit_test(test_parse_seconds),
 	        cmocka_unit_test_setup_teardown(test_secret_precedence, make_dir, remove_dir),
 	        cmocka_unit_test_setup_teardown(test_secret_file_contents, make_dir, remove_dir),

@@ -56,6 +56,8 @@ static const char *event_name(agent_event_kind kind)
 		return "error";
 	case AGENT_EV_LOGOUT:
 		return "logout";
+	case AGENT_EV_EARNINGS:
+		return "earnings";
 	}
 	return NULL;
 }
@@ -161,6 +163,25 @@ int agent_ui_json(const agent_event *ev, uint64_t agent_id, uint64_t ts_us, char
 		put(o, "name", json_string(rb_err_name(ev->code)), &ok);
 		put(o, "message", json_string(str_or_empty(ev->message)), &ok);
 		break;
+	case AGENT_EV_EARNINGS: {
+		const Ringbid__Earnings *e = ev->earnings;
+		if (e == NULL) {
+			ok = false;
+			break;
+		}
+		put(o, "currency", json_string(str_or_empty(e->currency)), &ok);
+		put(o, "period_start", json_string(str_or_empty(e->period_start)), &ok);
+		put(o, "period_end", json_string(str_or_empty(e->period_end)), &ok);
+		put(o, "today_calls", json_integer((json_int_t)e->today_calls), &ok);
+		put(o, "today_talk_s", json_integer((json_int_t)(e->today_talk_s & INT64_MAX)),
+		    &ok);
+		put(o, "today_amount", json_string(str_or_empty(e->today_amount)), &ok);
+		put(o, "period_calls", json_integer((json_int_t)e->period_calls), &ok);
+		put(o, "period_talk_s", json_integer((json_int_t)(e->period_talk_s & INT64_MAX)),
+		    &ok);
+		put(o, "period_amount", json_string(str_or_empty(e->period_amount)), &ok);
+		break;
+	}
 	}
 	return json_finish(o, ok, out);
 }
@@ -264,6 +285,23 @@ int agent_ui_text(const agent_event *ev, uint64_t agent_id, agent_offer_policy p
 	case AGENT_EV_LOGOUT:
 		snprintf(out, n, "Logged out.");
 		break;
+	case AGENT_EV_EARNINGS: {
+		const Ringbid__Earnings *e = ev->earnings;
+		char today[32], period[32];
+		if (e == NULL)
+			return RB_EINVAL;
+		agent_ui_duration(e->today_talk_s * 1000, today, sizeof(today));
+		agent_ui_duration(e->period_talk_s * 1000, period, sizeof(period));
+		snprintf(out, n,
+		         "Earnings today: %" PRIu32
+		         " calls, %s talk, %s %s. Pay period %s to %s: %" PRIu32
+		         " calls, %s talk, %s %s.",
+		         e->today_calls, today, str_or_empty(e->today_amount),
+		         str_or_empty(e->currency), str_or_empty(e->period_start),
+		         str_or_empty(e->period_end), e->period_calls, period,
+		         str_or_empty(e->period_amount), str_or_empty(e->currency));
+		break;
+	}
 	default:
 		return RB_EINVAL;
 	}
@@ -311,20 +349,47 @@ static const struct {
 	const char *word;
 	agent_cmd cmd;
 } commands[] = {
-        {"ready", AGENT_CMD_READY},     {"r", AGENT_CMD_READY},       {"pause", AGENT_CMD_PAUSE},
-        {"accept", AGENT_CMD_ACCEPT},   {"y", AGENT_CMD_ACCEPT},      {"yes", AGENT_CMD_ACCEPT},
-        {"decline", AGENT_CMD_DECLINE}, {"n", AGENT_CMD_DECLINE},     {"no", AGENT_CMD_DECLINE},
-        {"end", AGENT_CMD_END},         {"hangup", AGENT_CMD_END},    {"status", AGENT_CMD_STATUS},
-        {"s", AGENT_CMD_STATUS},        {"logout", AGENT_CMD_LOGOUT}, {"quit", AGENT_CMD_QUIT},
-        {"exit", AGENT_CMD_QUIT},       {"q", AGENT_CMD_QUIT},        {"help", AGENT_CMD_HELP},
-        {"?", AGENT_CMD_HELP},
+        {"ready", AGENT_CMD_READY},     {"r", AGENT_CMD_READY},
+        {"pause", AGENT_CMD_PAUSE},     {"accept", AGENT_CMD_ACCEPT},
+        {"y", AGENT_CMD_ACCEPT},        {"yes", AGENT_CMD_ACCEPT},
+        {"decline", AGENT_CMD_DECLINE}, {"n", AGENT_CMD_DECLINE},
+        {"no", AGENT_CMD_DECLINE},      {"end", AGENT_CMD_END},
+        {"hangup", AGENT_CMD_END},      {"status", AGENT_CMD_STATUS},
+        {"s", AGENT_CMD_STATUS},        {"logout", AGENT_CMD_LOGOUT},
+        {"quit", AGENT_CMD_QUIT},       {"exit", AGENT_CMD_QUIT},
+        {"q", AGENT_CMD_QUIT},          {"help", AGENT_CMD_HELP},
+        {"?", AGENT_CMD_HELP},          {"earnings", AGENT_CMD_EARNINGS},
 };
 
-int agent_ui_parse(const char *line, agent_cmd *out)
+// The words after 'end'; each may appear once or more, in any order.
+static int parse_end_args(const char *rest, agent_cmd_args *args)
+{
+	while (*rest) {
+		size_t n = 0;
+		while (rest[n] && !isspace((unsigned char)rest[n]))
+			n++;
+		if (n == 4 && strncasecmp(rest, "sale", 4) == 0)
+			args->sale = true;
+		else if (n == 8 && strncasecmp(rest, "resolved", 8) == 0)
+			args->resolved = true;
+		else
+			return RB_EINVAL;
+		rest += n;
+		while (*rest && isspace((unsigned char)*rest))
+			rest++;
+	}
+	return 0;
+}
+
+int agent_ui_parse(const char *line, agent_cmd *out, agent_cmd_args *args)
 {
 	char word[32];
 	size_t n = 0;
+	agent_cmd_args ignored;
 
+	if (args == NULL)
+		args = &ignored;
+	memset(args, 0, sizeof(*args));
 	while (*line && isspace((unsigned char)*line))
 		line++;
 	while (line[n] && !isspace((unsigned char)line[n]))
@@ -336,15 +401,23 @@ int agent_ui_parse(const char *line, agent_cmd *out)
 		*out = AGENT_CMD_EMPTY;
 		return 0;
 	}
-	if (n >= sizeof(word) || *rest != '\0')
-		return RB_EINVAL; // commands take no arguments
+	if (n >= sizeof(word))
+		return RB_EINVAL;
 	memcpy(word, line, n);
 	word[n] = '\0';
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-		if (strcasecmp(word, commands[i].word) == 0) {
-			*out = commands[i].cmd;
-			return 0;
+		if (strcasecmp(word, commands[i].word) != 0)
+			continue;
+		if (commands[i].cmd == AGENT_CMD_END) {
+			if (parse_end_args(rest, args) != 0) {
+				memset(args, 0, sizeof(*args));
+				return RB_EINVAL;
+			}
+		} else if (*rest != '\0') {
+			return RB_EINVAL; // the other commands take no words
 		}
+		*out = commands[i].cmd;
+		return 0;
 	}
 	return RB_EINVAL;
 }
@@ -366,13 +439,15 @@ static void refuse(agent_ui *ui, int code, const char *message)
 }
 
 static const char help_text[] =
-        "Commands: ready, pause, accept (y), decline (n), end, status, logout, quit.";
+        "Commands: ready, pause, accept (y), decline (n), end [sale] [resolved], earnings, status, "
+        "logout, quit.";
 
 int agent_ui_command(agent_ui *ui, agent_client *c, const char *line)
 {
 	agent_cmd cmd;
-	int rv = agent_ui_parse(line, &cmd);
-	char text[160];
+	agent_cmd_args args;
+	int rv = agent_ui_parse(line, &cmd, &args);
+	char text[200];
 
 	if (rv != 0) {
 		snprintf(text, sizeof(text), "Unknown command '%.40s'. %s", line, help_text);
@@ -397,11 +472,14 @@ int agent_ui_command(agent_ui *ui, agent_client *c, const char *line)
 		}
 		break;
 	case AGENT_CMD_END:
-		rv = agent_client_end_call(c);
+		rv = agent_client_end_call(c, args.sale, args.resolved);
 		if (rv == RB_ENOTFOUND) {
 			refuse(ui, rv, "There is no call to end.");
 			return rv;
 		}
+		break;
+	case AGENT_CMD_EARNINGS:
+		rv = agent_client_earnings(c);
 		break;
 	case AGENT_CMD_STATUS:
 		agent_ui_status(ui, c);

@@ -23,7 +23,14 @@ typedef enum {
 	AGENT_CMD_LOGOUT,
 	AGENT_CMD_QUIT,
 	AGENT_CMD_HELP,
+	AGENT_CMD_EARNINGS,
 } agent_cmd;
+
+// Words after the command: only 'end' takes any ('sale', 'resolved', in any order).
+typedef struct agent_cmd_args {
+	bool sale;
+	bool resolved;
+} agent_cmd_args;
 
 typedef struct agent_ui {
 	agent_ui_mode mode;
@@ -49,9 +56,9 @@ void agent_ui_event(agent_ui *ui, const agent_event *ev);
 // Writes a note for a person (human mode only; JSON output stays events only).
 void agent_ui_note(agent_ui *ui, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-// Parses one typed line (surrounding blanks ignored, case-insensitive). Returns 0, or
-// RB_EINVAL for an unknown command.
-int agent_ui_parse(const char *line, agent_cmd *out);
+// Parses one typed line (surrounding blanks ignored, case-insensitive). args (may be NULL) gets
+// the marks of 'end'. Returns 0, or RB_EINVAL for an unknown command or a word it does not take.
+int agent_ui_parse(const char *line, agent_cmd *out, agent_cmd_args *args);
 // Parses and runs one typed line against c, reporting problems on the ui. Returns 0 or the
 // code of the refused command (also shown).
 int agent_ui_command(agent_ui *ui, agent_client *c, const char *line);

@@ -260,12 +260,73 @@ static void test_parse_commands(void **state)
 	(void)state;
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-		assert_int_equal(agent_ui_parse(ok[i].line, &cmd), 0);
+		assert_int_equal(agent_ui_parse(ok[i].line, &cmd, NULL), 0);
 		assert_int_equal(cmd, ok[i].cmd);
 	}
-	assert_int_equal(agent_ui_parse("dance", &cmd), RB_EINVAL);
-	assert_int_equal(agent_ui_parse("ready now", &cmd), RB_EINVAL);
-	assert_int_equal(agent_ui_parse("readyreadyreadyreadyreadyreadyready", &cmd), RB_EINVAL);
+	assert_int_equal(agent_ui_parse("dance", &cmd, NULL), RB_EINVAL);
+	assert_int_equal(agent_ui_parse("ready now", &cmd, NULL), RB_EINVAL);
+	assert_int_equal(agent_ui_parse("readyreadyreadyreadyreadyreadyready", &cmd, NULL),
+	                 RB_EINVAL);
+}
+
+static void test_parse_end_marks(void **state)
+{
+	agent_cmd cmd;
+	agent_cmd_args args;
+	(void)state;
+
+	assert_int_equal(agent_ui_parse("end", &cmd, &args), 0);
+	assert_int_equal(cmd, AGENT_CMD_END);
+	assert_false(args.sale);
+	assert_false(args.resolved);
+	assert_int_equal(agent_ui_parse(" end sale ", &cmd, &args), 0);
+	assert_true(args.sale);
+	assert_false(args.resolved);
+	assert_int_equal(agent_ui_parse("END Resolved", &cmd, &args), 0);
+	assert_false(args.sale);
+	assert_true(args.resolved);
+	assert_int_equal(agent_ui_parse("end sale   resolved", &cmd, &args), 0);
+	assert_true(args.sale);
+	assert_true(args.resolved);
+	assert_int_equal(agent_ui_parse("hangup resolved sale", &cmd, &args), 0);
+	assert_true(args.sale && args.resolved);
+	assert_int_equal(agent_ui_parse("end sales", &cmd, &args), RB_EINVAL);
+	assert_false(args.sale);
+	assert_int_equal(agent_ui_parse("end sale maybe", &cmd, &args), RB_EINVAL);
+	assert_int_equal(agent_ui_parse("ready sale", &cmd, &args), RB_EINVAL);
+	assert_int_equal(agent_ui_parse("earnings", &cmd, &args), 0);
+	assert_int_equal(cmd, AGENT_CMD_EARNINGS);
+	assert_int_equal(agent_ui_parse("earnings now", &cmd, &args), RB_EINVAL);
+}
+
+static void test_earnings_lines(void **state)
+{
+	Ringbid__Earnings e = RINGBID__EARNINGS__INIT;
+	agent_event ev;
+	char line[512];
+	char *json = NULL;
+	(void)state;
+
+	e.currency = "USD";
+	e.period_start = "2026-11-16";
+	e.period_end = "2026-11-29";
+	e.today_calls = 2;
+	e.today_talk_s = 75;
+	e.today_amount = "0.31";
+	e.period_calls = 9;
+	e.period_talk_s = 3600;
+	e.period_amount = "15.00";
+	memset(&ev, 0, sizeof(ev));
+	ev.kind = AGENT_EV_EARNINGS;
+	ev.earnings = &e;
+	assert_int_equal(agent_ui_json(&ev, 7, 0, &json), 0);
+	assert_non_null(strstr(json, "\"event\":\"earnings\""));
+	assert_non_null(strstr(json, "\"today_talk_s\":75"));
+	assert_non_null(strstr(json, "\"period_amount\":\"15.00\""));
+	free(json);
+	assert_int_equal(agent_ui_text(&ev, 7, AGENT_OFFERS_ASK, line, sizeof(line)), 0);
+	assert_non_null(strstr(line, "2 calls, 1:15 talk, 0.31 USD"));
+	assert_non_null(strstr(line, "2026-11-16 to 2026-11-29: 9 calls, 1:00:00 talk"));
 }
 
 // Output goes to a memory stream; commands run against a client with no link.
@@ -355,6 +416,8 @@ int main(void)
 	        cmocka_unit_test(test_json_error),
 	        cmocka_unit_test(test_text_lines),
 	        cmocka_unit_test(test_parse_commands),
+	        cmocka_unit_test(test_parse_end_marks),
+	        cmocka_unit_test(test_earnings_lines),
 	        cmocka_unit_test(test_commands_run),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

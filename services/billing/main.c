@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http.h"
 #include "ingest.h"
 #include "rb_bus.h"
 #include "rb_config.h"
@@ -25,12 +26,18 @@ static const char USAGE[] =
         "  RINGBID_BILLING_HTTP     admin HTTP address (default 127.0.0.1:<base+84>)\n"
         "  RINGBID_DATABASE_URL     PostgreSQL connection (else the PG* variables)\n"
         "  RINGBID_SERVICE_TOKEN    shared service token (or RINGBID_SERVICE_TOKEN_FILE)\n"
-        "  RINGBID_PORT_BASE        base of the default ports (default 7100)\n";
+        "  RINGBID_PORT_BASE        base of the default ports (default 7100)\n"
+        "  RINGBID_PAY_TZ           the pay periods' time zone (default UTC)\n"
+        "\n"
+        "HTTP (Authorization: Bearer <token>):\n"
+        "  GET /payroll/export?period=YYYY-MM-DD&format=csv|adp|paychex|gusto   finance tokens\n"
+        "  GET /me/earnings                                                   agent sessions\n";
 
 typedef struct billing {
 	rb_svc svc;
 	rb_bus *cdrs;
 	rb_db *db;
+	billing_http money;
 	bool schema_ok;
 	rb_metric *m_stored, *m_quarantined, *m_refused, *m_batches, *m_failed, *m_refused_msgs;
 	rb_metric *m_latency;
@@ -275,6 +282,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	rb_db_on_up(b.db, on_db_up, &b);
+
+	char tz[BILLING_TZ_MAX + 1];
+	if ((rv = rb_config_str("RINGBID_PAY_TZ", "UTC", tz, sizeof(tz))) != 0 ||
+	    (rv = billing_http_init(&b.money, b.svc.http, &b.db, tz)) != 0) {
+		rb_error("cannot set up the payroll routes: %s", rb_err_str(rv));
+		return 1;
+	}
 
 	if ((rv = rb_config_url("RINGBID_BILLING_URL", RB_PORT_BILLING_CDRS, url, sizeof(url))) !=
 	            0 ||

@@ -721,6 +721,8 @@ int broker_book_restore(broker_book *book, const Ringbid__CallRecord *rec, uint6
 	c->offers = info->offers;
 	c->missed = rec->missed;
 	c->review = info->review;
+	c->sale = info->sale;
+	c->resolved = info->resolved;
 	c->arrived_mono_us = mono_of(c->arrived_us, now_us, now_mono_us);
 	c->answered_mono_us = mono_of(c->answered_us, now_us, now_mono_us);
 	c->queued_mono_us = now_mono_us;
@@ -778,6 +780,8 @@ void broker_call_info(const broker_call *c, Ringbid__CallInfo *info)
 	info->n_skills = c->nskills;
 	info->skills = c->skills;
 	info->review = c->review;
+	info->sale = c->sale;
+	info->resolved = c->resolved;
 }
 
 static int decisions_pb(const broker_call *c, broker_arena *a, Ringbid__Decision ***out, size_t *n)
@@ -867,7 +871,8 @@ void broker_call_cdr(const broker_call *c, Ringbid__Cdr *cdr)
 	                      ? (c->ended_us - c->answered_us) / 1000000u
 	                      : 0;
 	cdr->disposition = (Ringbid__Disposition)c->disposition;
-	cdr->sale = false;
+	cdr->sale = talked && c->sale;
+	cdr->resolved = talked && c->resolved;
 	cdr->review = c->review;
 	cdr->offers = c->offers;
 }

@@ -119,7 +119,8 @@ struct broker_call {
 	uint32_t offers;
 	uint32_t missed; // REFUSED in a row by the agent of the newest decision
 	bool review;
-	uint64_t *excluded; // owned
+	bool sale, resolved; // the agent's marks when it hung up (CDR)
+	uint64_t *excluded;  // owned
 	uint32_t nexcluded, capexcluded;
 	broker_decision *decisions; // owned; oldest first, at most BROKER_DECISIONS_MAX
 	uint32_t ndecisions;

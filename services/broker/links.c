@@ -332,10 +332,17 @@ static void on_agent_hangup(broker *b, const Ringbid__AgentHangup *h)
 		       "the agent is not connected to this call");
 		return;
 	}
+	// The marks ride on the call so that the journal entry of the hang-up and the CDR carry
+	// them; a repeated hang-up (presence resends after a resync) never reaches here.
+	c->sale = h->sale;
+	c->resolved = h->resolved;
 	int rc = broker_change(b, c, BROKER_EV_AGENT_HANGUP, h->agent_id, 0, NULL);
-	if (rc != 0)
+	if (rc != 0) {
+		c->sale = false;
+		c->resolved = false;
 		rb_logf(RB_LOG_ERROR, id, h->agent_id, "agent hang-up not applied: %s",
 		        rb_err_str(rc));
+	}
 }
 
 static void on_stats(broker *b, const Ringbid__PresenceStats *s)

@@ -52,6 +52,7 @@ int broker_outbox_add(broker_outbox *o, const Ringbid__Cdr *cdr, bool durable, u
 	c->talk_s = cdr->talk_s;
 	c->disposition = cdr->disposition;
 	c->sale = cdr->sale;
+	c->resolved = cdr->resolved;
 	c->review = cdr->review;
 	c->offers = cdr->offers;
 	c->seq = ++o->next_seq;
@@ -113,6 +114,7 @@ void broker_cdr_to_pb(const broker_cdr *c, Ringbid__Cdr *out)
 	out->talk_s = c->talk_s;
 	out->disposition = (Ringbid__Disposition)c->disposition;
 	out->sale = c->sale;
+	out->resolved = c->resolved;
 	out->review = c->review;
 	out->offers = c->offers;
 }

@@ -24,7 +24,7 @@ struct broker_cdr {
 	char program[BROKER_ID_MAX + 1];
 	uint64_t agent_id, arrived_us, offered_us, answered_us, ended_us, talk_s;
 	int disposition;
-	bool sale, review;
+	bool sale, resolved, review;
 	uint32_t offers;
 	uint64_t seq; // order of arrival in the outbox
 	UT_hash_handle hh;

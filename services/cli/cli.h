@@ -166,6 +166,20 @@ json_t *cli_kpis_json(const Ringbid__Kpis *k);
 json_t *cli_explain_json(const Ringbid__ExplainReply *e, uint64_t now_us);
 
 // ---------------------------------------------------------------------------------------------
+// payroll.c: checks of pay command-line text (pure)
+
+// A payroll file format: csv, adp, paychex, gusto.
+bool cli_payroll_format_valid(const char *s);
+// A pay period as typed: "current", "previous" or YYYY-MM-DD (PostgreSQL checks the date).
+bool cli_payroll_period_valid(const char *s);
+// An ISO 8601 time as typed for --from: starts with a digit, 10-40 of [0-9-:.TZ+ ].
+bool cli_valid_time(const char *s);
+// The default export file name: ringbid-payroll-START-FORMAT[.provisional].csv. Returns 0,
+// RB_EINVAL (bad start or format) or RB_ETOOBIG.
+int cli_payroll_file_name(const char *start, const char *format, bool provisional, char *out,
+                          size_t n);
+
+// ---------------------------------------------------------------------------------------------
 // Commands. Each takes the words after its name and returns the process exit status.
 
 int cli_cmd_db(int argc, char **argv);
@@ -176,6 +190,12 @@ int cli_cmd_hangup(int argc, char **argv);
 int cli_cmd_call_info(int argc, char **argv);
 int cli_cmd_status(int argc, char **argv);
 int cli_cmd_explain(int argc, char **argv);
+int cli_cmd_rate(int argc, char **argv);
+int cli_cmd_payroll(int argc, char **argv);
+// tokens.c: `ringbid token create|list|revoke`.
+int cli_cmd_token(int argc, char **argv);
+// A token lifetime "<n>s|m|h|d|w" in seconds, 1 s to ten years. Returns 0 or RB_EINVAL.
+int cli_token_ttl_s(const char *text, long long *out_s);
 // `up` loads $RINGBID_HOME/env itself: it must first see what the caller's environment holds.
 int cli_cmd_up(int argc, char **argv);
 int cli_cmd_down(int argc, char **argv);

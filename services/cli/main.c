@@ -27,6 +27,9 @@ static const command commands[] = {
         {"call-info", cli_cmd_call_info, "show a call"},
         {"status", cli_cmd_status, "the wallboard: agents, queue, service level, ASA"},
         {"explain", cli_cmd_explain, "why a call went to the agent it went to"},
+        {"rate", cli_cmd_rate, "set, list pay rates per program and agent"},
+        {"payroll", cli_cmd_payroll, "pay periods: list, close, export, explain"},
+        {"token", cli_cmd_token, "create, list, revoke API tokens (finance, supervisor)"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

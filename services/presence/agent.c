@@ -58,6 +58,8 @@ struct presence_agent {
 	uint64_t last_offer_id;
 	char ended_call_id[PRESENCE_ID_MAX + 1];
 	bool ended_by_agent;
+	bool ended_sale; // the agent's marks on the call it ended, repeated with the hang-up
+	bool ended_resolved;
 
 	uint64_t timer_at; // ring timeout or end of wrap-up (monotonic µs); 0 none
 	uint64_t sync_gen;
@@ -517,13 +519,16 @@ static void offer_result(presence_core *c, uint64_t offer_id, const char *call_i
 	c->ops.broker(c->ops.arg, &e);
 }
 
-static void agent_hangup(presence_core *c, uint64_t agent_id, const char *call_id)
+static void agent_hangup(presence_core *c, uint64_t agent_id, const char *call_id, bool sale,
+                         bool resolved)
 {
 	if (c->ops.broker == NULL)
 		return;
 	Ringbid__AgentHangup h = RINGBID__AGENT_HANGUP__INIT;
 	h.call_id = (char *)call_id;
 	h.agent_id = agent_id;
+	h.sale = sale;
+	h.resolved = resolved;
 	Ringbid__Envelope e = RINGBID__ENVELOPE__INIT;
 	e.body_case = RINGBID__ENVELOPE__BODY_AGENT_HANGUP;
 	e.agent_hangup = &h;
@@ -689,6 +694,8 @@ static void revoke_token(presence_core *c, presence_agent *a)
 		return;
 	HASH_DELETE(hh_token, c->by_token, a);
 	TAILQ_REMOVE(&c->expiry, a, expiry);
+	if (c->ops.session != NULL)
+		c->ops.session(c->ops.arg, a->id, a->token_hash, 0, false);
 	a->has_session = false;
 	a->token_expires_us = 0;
 	a->token_expires_mono = 0;
@@ -737,6 +744,8 @@ int presence_core_login(presence_core *c, presence_agent *a, uint32_t pipe,
 	a->token_expires_mono = mono(c) + c->cfg.session_ttl_ms * 1000;
 	// The TTL is fixed, so appending keeps the list ordered by expiry.
 	TAILQ_INSERT_TAIL(&c->expiry, a, expiry);
+	if (c->ops.session != NULL)
+		c->ops.session(c->ops.arg, a->id, a->token_hash, a->token_expires_us, true);
 	heard_now(c, a);
 	c->stats.logins++;
 	rb_logf(RB_LOG_INFO, NULL, a->id, "logged in (state %s)", presence_state_name(a->state));
@@ -851,14 +860,17 @@ int presence_core_answer(presence_core *c, presence_agent *a, uint64_t offer_id,
 	return RB_ENOTFOUND;
 }
 
-int presence_core_end_call(presence_core *c, presence_agent *a, const char *call_id)
+int presence_core_end_call(presence_core *c, presence_agent *a, const char *call_id, bool sale,
+                           bool resolved)
 {
 	if (call_id == NULL || call_id[0] == '\0')
 		return RB_ENOTFOUND;
 	if (a->state == PRESENCE_ON_CALL && strcmp(a->call_id, call_id) == 0) {
-		agent_hangup(c, a->id, call_id);
+		agent_hangup(c, a->id, call_id, sale, resolved);
 		copy_str(a->ended_call_id, sizeof(a->ended_call_id), call_id);
 		a->ended_by_agent = true;
+		a->ended_sale = sale;
+		a->ended_resolved = resolved;
 		enter_wrap_up(c, a, a->wrap_up_s, "call ended by the agent");
 		return 0;
 	}
@@ -968,7 +980,7 @@ static int sync_connected(presence_core *c, const Ringbid__AgentCall *ac, uint64
 		return 0;
 	if (a->ended_by_agent && strcmp(a->ended_call_id, ac->call_id) == 0) {
 		// The agent ended it but the broker never heard: say it again.
-		agent_hangup(c, a->id, ac->call_id);
+		agent_hangup(c, a->id, ac->call_id, a->ended_sale, a->ended_resolved);
 		return 0;
 	}
 	if (a->state == PRESENCE_RESERVED && strcmp(a->call_id, ac->call_id) != 0)

@@ -41,6 +41,11 @@ typedef struct presence_ops {
 	void (*schedule)(void *arg, uint64_t mono_us);
 	uint64_t (*wall_us)(void *arg); // NULL: rb_now_us
 	uint64_t (*mono_us)(void *arg); // NULL: rb_mono_us
+	// A session token began (open, with its expiry in UTC µs) or ended (revoked, replaced,
+	// expired, suspended): kept in presence.sessions so that billing knows the agent. NULL:
+	// none.
+	void (*session)(void *arg, uint64_t agent_id, const uint8_t hash[RB_TOKEN_HASH],
+	                uint64_t expires_us, bool open);
 	void *arg;
 } presence_ops;
 
@@ -158,9 +163,10 @@ int presence_core_set_state(presence_core *c, presence_agent *a, presence_state 
 // Answers the agent's current offer. Returns 0 (also for a repeated answer to the offer it
 // answered last), or RB_ENOTFOUND (not this agent's offer).
 int presence_core_answer(presence_core *c, presence_agent *a, uint64_t offer_id, bool accept);
-// The agent ends its connected call. Returns 0 (also when it already ended that call) or
-// RB_ENOTFOUND.
-int presence_core_end_call(presence_core *c, presence_agent *a, const char *call_id);
+// The agent ends its connected call, marking it a sale and/or resolved (passed on to the broker
+// for the CDR). Returns 0 (also when it already ended that call) or RB_ENOTFOUND.
+int presence_core_end_call(presence_core *c, presence_agent *a, const char *call_id, bool sale,
+                           bool resolved);
 // Ends the session: token revoked, link unbound; AVAILABLE/NOT_READY/RESERVED -> OFFLINE (an
 // offer in flight is AGENT_LOST); a call keeps running.
 void presence_core_logout(presence_core *c, presence_agent *a);

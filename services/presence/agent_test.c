@@ -518,12 +518,12 @@ static void test_offer_accept_end(void **state)
 	assert_int_equal(f->nbm, 0);
 
 	// Ending another call is refused; ending this one goes to WRAP_UP.
-	assert_int_equal(presence_core_end_call(f->c, a, "c2"), RB_ENOTFOUND);
-	assert_int_equal(presence_core_end_call(f->c, a, "c1"), 0);
+	assert_int_equal(presence_core_end_call(f->c, a, "c2", false, false), RB_ENOTFOUND);
+	assert_int_equal(presence_core_end_call(f->c, a, "c1", false, false), 0);
 	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
 	assert_int_equal(f->bm[f->nbm - 1].body, RINGBID__ENVELOPE__BODY_AGENT_HANGUP);
 	assert_string_equal(f->bm[f->nbm - 1].call_id, "c1");
-	assert_int_equal(presence_core_end_call(f->c, a, "c1"), 0); // repeated: fine
+	assert_int_equal(presence_core_end_call(f->c, a, "c1", false, false), 0); // repeated: fine
 	assert_int_equal(f->bm[f->nbm - 1].body, RINGBID__ENVELOPE__BODY_AGENT_HANGUP);
 	size_t hangups = 0;
 	for (size_t i = 0; i < f->nbm; i++)
@@ -546,7 +546,7 @@ static void test_wrap_up_zero_and_ready(void **state)
 	presence_agent *a = ready_agent(f, 1, 11, NULL);
 	offer(f, 1, "c1", 1, 15000, 0);
 	assert_int_equal(presence_core_answer(f->c, a, 1, true), 0);
-	assert_int_equal(presence_core_end_call(f->c, a, "c1"), 0);
+	assert_int_equal(presence_core_end_call(f->c, a, "c1", false, false), 0);
 	// No wrap-up time: straight back to AVAILABLE.
 	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
 
@@ -574,7 +574,7 @@ static void test_wrap_up_zero_and_ready(void **state)
 	// WRAP_UP -> NOT_READY on request.
 	offer(f, 3, "c3", 1, 15000, 60);
 	presence_core_answer(f->c, a, 3, true);
-	presence_core_end_call(f->c, a, "c3");
+	presence_core_end_call(f->c, a, "c3", false, false);
 	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), 0);
 	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
 	// SetState is refused in RESERVED and ON_CALL.
@@ -753,7 +753,7 @@ static void test_accept_resets_missed(void **state)
 	offer(f, 2, "c2", 1, 1000, 0);
 	assert_int_equal(presence_core_answer(f->c, a, 2, true), 0);
 	assert_int_equal(presence_agent_missed(a), 0);
-	presence_core_end_call(f->c, a, "c2");
+	presence_core_end_call(f->c, a, "c2", false, false);
 	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
 	// One miss after the accept is the first of a new row.
 	offer(f, 3, "c3", 1, 1000, 0);
@@ -1167,7 +1167,7 @@ static void test_sync_resends_hangup(void **state)
 	presence_agent *a = ready_agent(f, 1, 11, NULL);
 	offer(f, 1, "c1", 1, 15000, 60);
 	presence_core_answer(f->c, a, 1, true);
-	presence_core_end_call(f->c, a, "c1");
+	presence_core_end_call(f->c, a, "c1", false, false);
 	// The broker never heard the hang-up and still lists the call as connected.
 	Ringbid__AgentCall ac = RINGBID__AGENT_CALL__INIT;
 	ac.agent_id = 1;

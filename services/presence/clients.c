@@ -57,6 +57,8 @@ struct presence_clients {
 	uint32_t npending;
 	void (*after)(void *arg);
 	void *after_arg;
+	presence_earnings_fn earnings;
+	void *earnings_arg;
 };
 
 static void after(presence_clients *cl)
@@ -418,12 +420,23 @@ static void handle_session(presence_clients *cl, uint32_t pipe, const Ringbid__A
 		text = "no such offer for this agent";
 		break;
 	case RINGBID__AGENT_MSG__BODY_END_CALL:
-		rv = presence_core_end_call(core, a, m->end_call->call_id);
+		rv = presence_core_end_call(core, a, m->end_call->call_id, m->end_call->sale,
+		                            m->end_call->resolved);
 		text = "no such call connected to this agent";
 		break;
 	case RINGBID__AGENT_MSG__BODY_LOGOUT:
 		presence_core_logout(core, a);
 		break;
+	case RINGBID__AGENT_MSG__BODY_EARNINGS_QUERY:
+		// Only the session's own agent: the query carries no agent id to trust.
+		if (cl->earnings == NULL) {
+			rv = RB_EBUSY;
+			text = "earnings are not available";
+			break;
+		}
+		presence_core_quiet(core, NULL);
+		cl->earnings(cl->earnings_arg, pipe, m->seq, presence_agent_id(a));
+		return;
 	default: // heartbeat
 		break;
 	}
@@ -467,6 +480,7 @@ static void on_recv(rb_bus *bus, nng_msg *msg, void *arg)
 	case RINGBID__AGENT_MSG__BODY_ANSWER:
 	case RINGBID__AGENT_MSG__BODY_END_CALL:
 	case RINGBID__AGENT_MSG__BODY_LOGOUT:
+	case RINGBID__AGENT_MSG__BODY_EARNINGS_QUERY:
 		handle_session(cl, pipe, m);
 		break;
 	default:
@@ -619,6 +633,18 @@ void presence_clients_janitor(presence_clients *cl)
 int presence_clients_peers(const presence_clients *cl)
 {
 	return rb_bus_peers(cl->bus);
+}
+
+void presence_clients_on_earnings(presence_clients *cl, presence_earnings_fn fn, void *arg)
+{
+	cl->earnings = fn;
+	cl->earnings_arg = arg;
+}
+
+void presence_clients_earnings_failed(presence_clients *cl, uint32_t pipe, uint64_t seq,
+                                      uint64_t agent_id, int code, const char *text)
+{
+	refuse(cl, pipe, seq, agent_id, code, text);
 }
 
 void presence_clients_free(presence_clients *cl)

@@ -25,6 +25,13 @@ int presence_clients_listen(presence_clients *cl, const char *url, const char *c
                             const char *key_file);
 // Sends m to the client on pipe only (a presence_ops.client).
 void presence_clients_send(presence_clients *cl, uint32_t pipe, const Ringbid__AgentMsg *m);
+// An agent's EarningsQuery (session checked): fn answers later with presence_clients_send to
+// pipe with seq. Without fn the query is refused.
+typedef void (*presence_earnings_fn)(void *arg, uint32_t pipe, uint64_t seq, uint64_t agent_id);
+void presence_clients_on_earnings(presence_clients *cl, presence_earnings_fn fn, void *arg);
+// Answers an earnings query that could not be computed.
+void presence_clients_earnings_failed(presence_clients *cl, uint32_t pipe, uint64_t seq,
+                                      uint64_t agent_id, int code, const char *text);
 // Periodic work: forgets stale login failures.
 void presence_clients_janitor(presence_clients *cl);
 // Connected clients.

@@ -13,6 +13,7 @@
 #include "rb_metrics.h"
 #include "rb_svc.h"
 #include "rb_time.h"
+#include "money.h"
 #include "roster.h"
 
 #define URL_MAX  512
@@ -38,6 +39,7 @@ static const char usage[] =
         "  RINGBID_MAX_MISSED            offers missed in a row before NOT_READY (2)\n"
         "  RINGBID_SESSION_TTL_MS        session token lifetime (12h)\n"
         "  RINGBID_LOGIN_MAX_FAILS       failed logins in a row before slowing down (3)\n"
+        "  RINGBID_PAY_TZ                time zone of pay days and periods (UTC)\n"
         "  RINGBID_LOG_LEVEL             debug|info|warn|error (info)\n";
 
 static const char *const state_labels[PRESENCE_NSTATES] = {
@@ -55,6 +57,7 @@ typedef struct presence_main {
 	presence_clients *clients;
 	presence_links *links;
 	presence_roster *roster;
+	presence_money money; // sessions for billing, agents' earnings (db set once roster is up)
 	uv_timer_t deadline;
 	uv_timer_t drain;
 	bool timers_init;
@@ -95,6 +98,19 @@ static void op_auction(void *arg, const Ringbid__Envelope *e)
 }
 
 static void deadline_cb(uv_timer_t *t);
+
+static void op_session(void *arg, uint64_t agent_id, const uint8_t hash[RB_TOKEN_HASH],
+                       uint64_t expires_us, bool open)
+{
+	presence_main *p = arg;
+	presence_money_session(&p->money, agent_id, hash, expires_us, open);
+}
+
+static void on_earnings_query(void *arg, uint32_t pipe, uint64_t seq, uint64_t agent_id)
+{
+	presence_main *p = arg;
+	presence_money_earnings(&p->money, pipe, seq, agent_id);
+}
 
 static void op_schedule(void *arg, uint64_t mono_us)
 {
@@ -181,6 +197,7 @@ static void janitor(rb_svc *svc, void *arg)
 		presence_clients_janitor(p->clients);
 	if (p->links != NULL)
 		presence_links_janitor(p->links);
+	presence_money_janitor(&p->money);
 	after_event(p);
 }
 
@@ -192,6 +209,8 @@ static void close_all(presence_main *p)
 	uv_timer_stop(&p->deadline);
 	uv_close((uv_handle_t *)&p->deadline, NULL);
 	uv_close((uv_handle_t *)&p->drain, NULL);
+	p->money.db = NULL;
+	p->money.clients = NULL;
 	presence_clients_free(p->clients);
 	p->clients = NULL;
 	presence_links_free(p->links);
@@ -319,6 +338,7 @@ static int start(presence_main *p)
 	        .broker = op_broker,
 	        .auction = op_auction,
 	        .schedule = op_schedule,
+	        .session = op_session,
 	        .arg = p,
 	};
 	rv = presence_core_new(&ops, &cfg, &p->core);
@@ -345,8 +365,14 @@ static int start(presence_main *p)
 	if (rv == 0)
 		rv = presence_roster_new(&p->svc.loop, p->core, conninfo, after_event, p,
 		                         &p->roster);
+	char tz[PRESENCE_TZ_MAX + 1];
+	if (rv == 0)
+		rv = rb_config_str("RINGBID_PAY_TZ", "UTC", tz, sizeof(tz));
+	if (rv == 0)
+		rv = presence_money_init(&p->money, presence_roster_db(p->roster), p->clients, tz);
 	if (rv != 0)
 		return rv;
+	presence_clients_on_earnings(p->clients, on_earnings_query, p);
 	rb_info("agents on %s, broker at %s, auction at %s; heartbeat timeout %llu ms, "
 	        "%u missed offers pause an agent",
 	        agents_url, broker_url, auction_url, (unsigned long long)cfg.heartbeat_timeout_ms,

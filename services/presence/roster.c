@@ -438,3 +438,8 @@ void presence_roster_free(presence_roster *r)
 	uv_timer_stop(&r->retry);
 	uv_close((uv_handle_t *)&r->retry, roster_closed);
 }
+
+rb_db *presence_roster_db(presence_roster *r)
+{
+	return r ? r->db : NULL;
+}

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include "agent.h"
+#include "rb_db.h"
 
 typedef struct presence_roster presence_roster;
 
@@ -20,6 +21,8 @@ bool presence_roster_connected(const presence_roster *r);
 // Closes the connection; the memory goes once libuv released the handles (run the loop).
 // NULL is fine.
 void presence_roster_free(presence_roster *r);
+// The roster's connection, shared for presence's other queries (sessions, earnings); owned by r.
+rb_db *presence_roster_db(presence_roster *r);
 
 // Parses a PostgreSQL text[] in its text output form ("{a,b,\"c d\"}", with an optional
 // "[1:2]=" bounds prefix). NULL elements are skipped. On success *out (n entries, each a
