@@ -66,3 +66,4 @@ for r in json.load(open(sys.argv[1]))["results"]:
           f'{r["calls_per_s"]:<12.0f} {r["p50_ms"]:<10.3f} {r["p99_ms"]:<10.3f} {r["p999_ms"]:<10.3f}')
 PY
 echo "written: bench/results/latest.json"
+cleanup; "$root/bench/billing.sh" $([ $quick = 1 ] && echo --quick)   # billing: CDR ingest, payroll close/export

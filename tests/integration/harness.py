@@ -10,6 +10,9 @@ Test files define functions named test_*; run_tests() runs them in file order, p
 Python 3 standard library only.
 """
 
+import calendar
+import csv
+import decimal
 import fcntl
 import glob
 import json
@@ -718,6 +721,135 @@ class Stack:
                 return "".join(f.readlines()[-lines:])
         except OSError:
             return ""
+
+    # -- PostgreSQL ---------------------------------------------------------------------
+
+    def psql(self, sql, timeout=60):
+        """Runs sql with psql on the stack's database; returns the rows as lists of strings
+        (NULL as None). Fails on any SQL error."""
+        url = self.env_file().get("RINGBID_DATABASE_URL")
+        expect(url, "no RINGBID_DATABASE_URL in %s/env", self.home)
+        try:
+            r = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+                                "-F", "\t", "-P", "null=\\N", "-d", url, "-c", sql],
+                               capture_output=True, text=True, timeout=timeout, env=self.env,
+                               cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            raise TestFailure("psql timed out after %s s on: %s" % (timeout, sql[:200]))
+        expect(r.returncode == 0, "psql exited %d on %s: %s", r.returncode, sql[:200],
+               r.stderr[-1000:])
+        rows = []
+        for line in r.stdout.splitlines():
+            if line:
+                rows.append([None if f == "\\N" else f for f in line.split("\t")])
+        return rows
+
+    def pg_restart(self, timeout=120):
+        """Restarts the stack's private PostgreSQL with `pg_ctl restart` (fast shutdown: open
+        connections are cut, as in a crash of the database's clients' view), as the postgres
+        user when we are root. It comes back on the same port (postmaster.opts)."""
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+                       key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+        expect(found, "no /usr/lib/postgresql/*/bin/pg_ctl")
+        cmd = [found[-1], "-s", "-w", "-t", "60", "-D", os.path.join(self.home, "pg"),
+               "-l", os.path.join(self.home, "log", "postgres.log"), "-m", "fast", "restart"]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/")
+        except subprocess.TimeoutExpired:
+            raise TestFailure("pg_ctl restart did not return within %s s" % timeout)
+        expect(r.returncode == 0, "pg_ctl restart exited %d: %s %s", r.returncode,
+               r.stdout[-500:], r.stderr[-1000:])
+
+    # -- pay --------------------------------------------------------------------------------
+
+    def payroll_export(self, period="current", fmt="csv"):
+        """`ringbid payroll export PERIOD --format FMT --output FILE`: the file's rows as
+        dicts (csv header as keys)."""
+        path = os.path.join(self.home, "export-%d.csv" % time.monotonic_ns())
+        self.ringbid_ok("payroll", "export", period, "--format", fmt, "--output", path,
+                        timeout=120)
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def iso_us(text):
+    """Microseconds since the epoch of an ISO time as the CLI prints it
+    ("2026-11-23T01:25:00.123456Z"); None for null."""
+    if text is None:
+        return None
+    m = re.match(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?Z$", text)
+    expect(m, "not an ISO UTC time: %r", text)
+    secs = calendar.timegm(tuple(int(x) for x in m.groups()[:6]))
+    frac = int((m.group(7) or "0").ljust(6, "0"))
+    return secs * 1000000 + frac
+
+
+def call_talk_s(info):
+    """Paid seconds of a call as the broker has it: whole seconds from answer to end."""
+    a, e = iso_us(info.get("answered_at")), iso_us(info.get("ended_at"))
+    if a is None or e is None or info.get("disposition") != "completed":
+        return 0
+    return (e - a) // 1000000
+
+
+def _cents(x):
+    return x.quantize(decimal.Decimal("0.01"), rounding=decimal.ROUND_HALF_UP)
+
+
+def pay_oracle(calls, programs):
+    """The pay lines the rules (DESIGN §5) give for calls of one period.
+
+    calls: dicts with agent_id, program, talk_s, sale (bool); only completed calls.
+    programs: id -> {"rate": Decimal, "rounding": "per_second"|"per_started_minute",
+    "commission": Decimal}. Rates are the programs' defaults (no effective-dated rate rows).
+    Returns the sorted lines as (agent_id, code, rate, quantity, amount) tuples of Decimals,
+    one TALK line per (agent, program, rate) and one SALE line per (agent, program), the shape
+    pay_rows() gives an export (which has no program column) in.
+    """
+    D = decimal.Decimal
+    talk = {}
+    sales = {}
+    for c in calls:
+        prog = programs[c["program"]]
+        key = (int(c["agent_id"]), c["program"], prog["rate"])
+        talk.setdefault(key, []).append(int(c["talk_s"]))
+        if c.get("sale"):
+            sales[(int(c["agent_id"]), c["program"])] = sales.get(
+                (int(c["agent_id"]), c["program"]), 0) + 1
+    lines = []
+    for (agent, program, rate), secs in sorted(talk.items()):
+        if programs[program]["rounding"] == "per_second":
+            total = sum(secs)
+            qty = (D(total) / D(60)).quantize(D("0.0001"), rounding=decimal.ROUND_HALF_UP)
+            amount = _cents(D(total) * rate / D(60))
+        else:
+            qty = D(sum((s + 59) // 60 for s in secs))
+            amount = _cents(qty * rate)
+        lines.append((agent, "TALK", rate, qty, amount))
+    for (agent, program), n in sorted(sales.items()):
+        comm = programs[program]["commission"]
+        if comm > 0:
+            lines.append((agent, "SALE", comm, D(n), _cents(D(n) * comm)))
+    return sorted(lines)
+
+
+def pay_rows(rows, agents):
+    """The CSV export's rows of these agents as sorted (agent, code, rate, quantity, amount)
+    tuples with Decimal values, comparable with pay_oracle()."""
+    D = decimal.Decimal
+    out = []
+    wanted = {int(a) for a in agents}
+    for r in rows:
+        try:
+            agent = int(r["employee_id"])
+        except (KeyError, TypeError, ValueError):
+            raise TestFailure("export row without a numeric employee_id: %r" % (r,))
+        if agent not in wanted:
+            continue
+        out.append((agent, r["earnings_code"], D(r["rate"]), D(r["quantity"]), D(r["amount"])))
+    return sorted(out)
 
 
 # -- the runner ---------------------------------------------------------------------------
