@@ -112,8 +112,15 @@ static int http_err(int rv)
 }
 
 // Completes nng's handler aio with a response. Any thread; the aio must be pending.
-static void finish(nng_aio *aio, int status, const char *ctype, const char *hname,
-                   const char *hvalue, const char *body, size_t len)
+// A header line must not carry a line break: that would let a value start a header of its own.
+static bool header_ok(const char *name, const char *value)
+{
+	return name != NULL && value != NULL && name[0] != '\0' && strpbrk(name, "\r\n:") == NULL &&
+	       strpbrk(value, "\r\n") == NULL;
+}
+
+static void finish(nng_aio *aio, int status, const char *ctype, const char *const *names,
+                   const char *const *values, size_t nhdrs, const char *body, size_t len)
 {
 	nng_http_res *res;
 	int rv;
@@ -126,19 +133,27 @@ static void finish(nng_aio *aio, int status, const char *ctype, const char *hnam
 		status = 500;
 	if ((rv = nng_http_res_set_status(res, (uint16_t)status)) != 0 ||
 	    (rv = nng_http_res_set_header(res, "Content-Type",
-	                                  ctype != NULL ? ctype : CTYPE_TEXT)) != 0 ||
-	    (hname != NULL && hvalue != NULL &&
-	     (rv = nng_http_res_set_header(res, hname, hvalue)) != 0) ||
-	    (rv = nng_http_res_copy_data(res, body != NULL ? body : "", body != NULL ? len : 0)) !=
-	            0) {
-		nng_http_res_free(res);
-		// The server closes the connection on an error result: the client sees a reset
-		// rather than a half-built answer.
-		nng_aio_finish(aio, rv);
-		return;
+	                                  ctype != NULL ? ctype : CTYPE_TEXT)) != 0)
+		goto fail;
+	for (size_t i = 0; i < nhdrs; i++) {
+		if (!header_ok(names[i], values[i])) {
+			rv = NNG_EINVAL;
+			goto fail;
+		}
+		if ((rv = nng_http_res_set_header(res, names[i], values[i])) != 0)
+			goto fail;
 	}
+	if ((rv = nng_http_res_copy_data(res, body != NULL ? body : "", body != NULL ? len : 0)) !=
+	    0)
+		goto fail;
 	nng_aio_set_output(aio, 0, res);
 	nng_aio_finish(aio, 0);
+	return;
+fail:
+	nng_http_res_free(res);
+	// The server closes the connection on an error result: the client sees a reset rather
+	// than a half-built answer.
+	nng_aio_finish(aio, rv);
 }
 
 static int hexval(char c)
@@ -240,14 +255,14 @@ static void nng_handler(nng_aio *aio)
 	static const char oom[] = "out of memory\n";
 
 	if (req == NULL) {
-		finish(aio, 500, NULL, NULL, NULL, oom, sizeof(oom) - 1);
+		finish(aio, 500, NULL, NULL, NULL, 0, oom, sizeof(oom) - 1);
 		return;
 	}
 	pthread_mutex_lock(&core->lock);
 	if (core->closing) {
 		pthread_mutex_unlock(&core->lock);
 		req_free(req);
-		finish(aio, 503, NULL, NULL, NULL, busy, sizeof(busy) - 1);
+		finish(aio, 503, NULL, NULL, NULL, 0, busy, sizeof(busy) - 1);
 		return;
 	}
 	req->qnext = NULL;
@@ -563,21 +578,28 @@ const void *rb_http_body(const rb_http_req *req, size_t *len)
 	return req != NULL ? req->body : NULL;
 }
 
-void rb_http_reply_hdr(rb_http_req *req, int status, const char *ctype, const char *hname,
-                       const char *hvalue, const char *body, size_t len)
+void rb_http_reply_hdrs(rb_http_req *req, int status, const char *ctype, const char *const *names,
+                        const char *const *values, size_t nhdrs, const char *body, size_t len)
 {
 	if (req == NULL)
 		return;
 	if (req->aio != NULL)
-		finish(req->aio, status, ctype, hname, hvalue, body, len);
+		finish(req->aio, status, ctype, names, values, nhdrs, body, len);
 	if (req->http != NULL)
 		pending_del(req->http, req);
 	req_free(req);
 }
 
+void rb_http_reply_hdr(rb_http_req *req, int status, const char *ctype, const char *hname,
+                       const char *hvalue, const char *body, size_t len)
+{
+	rb_http_reply_hdrs(req, status, ctype, &hname, &hvalue, hname != NULL && hvalue != NULL,
+	                   body, len);
+}
+
 void rb_http_reply(rb_http_req *req, int status, const char *ctype, const char *body, size_t len)
 {
-	rb_http_reply_hdr(req, status, ctype, NULL, NULL, body, len);
+	rb_http_reply_hdrs(req, status, ctype, NULL, NULL, 0, body, len);
 }
 
 // Stops nng's server and lets go of everything: the last step of rb_http_free.
@@ -628,14 +650,14 @@ void rb_http_free(rb_http *http)
 	// aio while it tears a connection down, on a thread other sockets need too.
 	while ((req = http->batch) != NULL) {
 		http->batch = req->qnext;
-		finish(req->aio, 503, NULL, NULL, NULL, busy, sizeof(busy) - 1);
+		finish(req->aio, 503, NULL, NULL, NULL, 0, busy, sizeof(busy) - 1);
 		req_free(req);
 		answered = true;
 	}
 	// Requests a route still holds stay valid handles: answering one later only frees it.
 	while ((req = http->pending) != NULL) {
 		pending_del(http, req);
-		finish(req->aio, 503, NULL, NULL, NULL, busy, sizeof(busy) - 1);
+		finish(req->aio, 503, NULL, NULL, NULL, 0, busy, sizeof(busy) - 1);
 		req->aio = NULL;
 		req->hreq = NULL;
 		req->http = NULL;

@@ -35,6 +35,11 @@ void rb_http_reply(rb_http_req *req, int status, const char *ctype, const char *
 void rb_http_reply_hdr(rb_http_req *req, int status, const char *ctype, const char *hname,
                        const char *hvalue, const char *body, size_t len);
 
+// As rb_http_reply with nhdrs extra headers names[i]: values[i]. A name or value holding a line
+// break is refused (the client then sees the connection closed, never a forged header).
+void rb_http_reply_hdrs(rb_http_req *req, int status, const char *ctype, const char *const *names,
+                        const char *const *values, size_t nhdrs, const char *body, size_t len);
+
 // Stops the server; pending requests get 503. NULL is fine. Run the loop afterwards. A request
 // a route still holds stays a valid handle: rb_http_reply on it then only frees it.
 void rb_http_free(rb_http *http);

@@ -263,7 +263,10 @@ static void answer_later(uv_timer_t *t)
 	char body[160];
 	int n = snprintf(body, sizeof(body), "hello %s (%s)", rs->who, rs->n);
 
-	rb_http_reply_hdr(rs->held, 202, "application/json", "X-Ringbid", "yes", body, (size_t)n);
+	const char *names[] = {"X-Ringbid", "X-Second"};
+	const char *values[] = {"yes", "two"};
+
+	rb_http_reply_hdrs(rs->held, 202, "application/json", names, values, 2, body, (size_t)n);
 	rs->held = NULL;
 	uv_close((uv_handle_t *)t, NULL);
 }
@@ -322,6 +325,7 @@ static void test_deferred_route(void **state)
 	                             "a (1 2)");
 	assert_non_null(strcasestr(x->head, "Content-Type: application/json"));
 	assert_non_null(strcasestr(x->head, "X-Ringbid: yes"));
+	assert_non_null(strcasestr(x->head, "X-Second: two"));
 	free(x);
 }
 

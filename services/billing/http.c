@@ -173,16 +173,13 @@ static void on_export(rb_db *db, int err, const PGresult *res, const char *sqlst
 	bool provisional = rows == 0 || strcmp(PQgetvalue(res, 0, 1), "t") == 0;
 	char name[96], disp[200];
 	billing_http_filename(j->period, j->format, provisional, name, sizeof(name));
-	// rb_http sends one extra header; the second one rides on the first header's line
-	// break. Every byte of it comes from the checked period and format, never from input
-	// that was not validated.
-	snprintf(disp, sizeof(disp), "attachment; filename=\"%s\"\r\nX-Ringbid-Provisional: %s",
-	         name, provisional ? "true" : "false");
+	snprintf(disp, sizeof(disp), "attachment; filename=\"%s\"", name);
+	const char *hnames[] = {"Content-Disposition", "X-Ringbid-Provisional"};
+	const char *hvalues[] = {disp, provisional ? "true" : "false"};
 	rb_logf(RB_LOG_INFO, NULL, 0, "payroll download by %s: period %s, format %s, %d lines%s",
 	        j->who, j->period, j->format, rows, provisional ? " (provisional)" : "");
 	rb_metric_inc(j->h->m_downloads);
-	rb_http_reply_hdr(j->req, 200, "text/csv; charset=utf-8", "Content-Disposition", disp, body,
-	                  at);
+	rb_http_reply_hdrs(j->req, 200, "text/csv; charset=utf-8", hnames, hvalues, 2, body, at);
 	free(body);
 	free(j);
 }
