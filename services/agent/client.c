@@ -1,5 +1,6 @@
 // The agent's session with presence: requests and their retries, pushed events, auto answering.
 #include "client.h"
+#include "rb_names.h"
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,22 +47,9 @@ static const char *kind_name(Ringbid__AgentMsg__BodyCase kind)
 
 const char *agent_state_name(Ringbid__AgentState s)
 {
-	switch (s) {
-	case RINGBID__AGENT_STATE__AGENT_OFFLINE:
-		return "OFFLINE";
-	case RINGBID__AGENT_STATE__AGENT_NOT_READY:
-		return "NOT_READY";
-	case RINGBID__AGENT_STATE__AGENT_AVAILABLE:
-		return "AVAILABLE";
-	case RINGBID__AGENT_STATE__AGENT_RESERVED:
-		return "RESERVED";
-	case RINGBID__AGENT_STATE__AGENT_ON_CALL:
-		return "ON_CALL";
-	case RINGBID__AGENT_STATE__AGENT_WRAP_UP:
-		return "WRAP_UP";
-	default:
-		return "UNKNOWN";
-	}
+	const char *name = rb_agent_state_name(s);
+
+	return name != NULL ? name : "UNKNOWN";
 }
 
 static bool valid_state(Ringbid__AgentState s)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "rb_err.h"
+#include "rb_names.h"
 #include "rb_pb.h"
 
 // 2000-01-01 and 2100-01-01 in UTC microseconds: anything outside is a broken clock or a forgery.
@@ -75,20 +76,6 @@ int billing_cdr_hash(const Ringbid__Cdr *cdr, char out[65])
 	return 0;
 }
 
-static const char *disposition_name(Ringbid__Disposition d)
-{
-	switch (d) {
-	case RINGBID__DISPOSITION__DISP_COMPLETED:
-		return "completed";
-	case RINGBID__DISPOSITION__DISP_ABANDONED:
-		return "abandoned";
-	case RINGBID__DISPOSITION__DISP_OVERFLOW:
-		return "overflow";
-	default:
-		return "none";
-	}
-}
-
 // Times go to SQL as integers (json_integer is 64-bit): exact, unlike a float of seconds.
 static json_t *cdr_json(const Ringbid__Cdr *c, const char *hash, const char *reason)
 {
@@ -112,7 +99,7 @@ static json_t *cdr_json(const Ringbid__Cdr *c, const char *hash, const char *rea
 	                                   : json_null());
 	json_object_set_new(o, "ended_us", json_integer((json_int_t)(c->ended_us & INT64_MAX)));
 	json_object_set_new(o, "talk_s", json_integer((json_int_t)(c->talk_s & INT64_MAX)));
-	json_object_set_new(o, "disposition", json_string(disposition_name(c->disposition)));
+	json_object_set_new(o, "disposition", json_string(rb_disposition_name(c->disposition)));
 	json_object_set_new(o, "sale", json_boolean(c->sale));
 	json_object_set_new(o, "review", json_boolean(c->review));
 	json_object_set_new(o, "resolved", json_boolean(c->resolved));

@@ -1,5 +1,6 @@
 // The call state machine and the book of calls: pure logic, no I/O, no clocks of its own.
 #include "call.h"
+#include "rb_names.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -579,36 +580,26 @@ int broker_call_deadline(const broker_call *c, const broker_limits *lim, uint64_
 	}
 }
 
+// The broker's enums carry the wire values (checked here), so the shared names serve both.
+_Static_assert((int)BROKER_CALL_ARRIVED == (int)RINGBID__CALL_STATE__CALL_ARRIVED &&
+                       (int)BROKER_CALL_QUEUED == (int)RINGBID__CALL_STATE__CALL_QUEUED &&
+                       (int)BROKER_CALL_OFFERED == (int)RINGBID__CALL_STATE__CALL_OFFERED &&
+                       (int)BROKER_CALL_CONNECTED == (int)RINGBID__CALL_STATE__CALL_CONNECTED &&
+                       (int)BROKER_CALL_ENDED == (int)RINGBID__CALL_STATE__CALL_ENDED,
+               "broker call states differ from the wire's");
+_Static_assert((int)BROKER_DISP_COMPLETED == (int)RINGBID__DISPOSITION__DISP_COMPLETED &&
+                       (int)BROKER_DISP_ABANDONED == (int)RINGBID__DISPOSITION__DISP_ABANDONED &&
+                       (int)BROKER_DISP_OVERFLOW == (int)RINGBID__DISPOSITION__DISP_OVERFLOW,
+               "broker dispositions differ from the wire's");
+
 const char *broker_call_state_name(int state)
 {
-	switch (state) {
-	case BROKER_CALL_ARRIVED:
-		return "ARRIVED";
-	case BROKER_CALL_QUEUED:
-		return "QUEUED";
-	case BROKER_CALL_OFFERED:
-		return "OFFERED";
-	case BROKER_CALL_CONNECTED:
-		return "CONNECTED";
-	case BROKER_CALL_ENDED:
-		return "ENDED";
-	default:
-		return "NONE";
-	}
+	return rb_call_state_name(state);
 }
 
 const char *broker_disposition_name(int disposition)
 {
-	switch (disposition) {
-	case BROKER_DISP_COMPLETED:
-		return "completed";
-	case BROKER_DISP_ABANDONED:
-		return "abandoned";
-	case BROKER_DISP_OVERFLOW:
-		return "overflow";
-	default:
-		return "";
-	}
+	return rb_disposition_name(disposition);
 }
 
 // The monotonic time that corresponds to UTC time t, given one pair of readings of both.

@@ -10,6 +10,7 @@
 #include <sodium.h>
 
 #include "cli.h"
+#include "rb_names.h"
 #include "rb_config.h"
 #include "rb_err.h"
 #include "rb_pb.h"
@@ -21,58 +22,6 @@
 
 // ---------------------------------------------------------------------------------------------
 // Names and JSON (pure)
-
-const char *cli_call_state_name(int state)
-{
-	switch (state) {
-	case RINGBID__CALL_STATE__CALL_ARRIVED:
-		return "ARRIVED";
-	case RINGBID__CALL_STATE__CALL_QUEUED:
-		return "QUEUED";
-	case RINGBID__CALL_STATE__CALL_OFFERED:
-		return "OFFERED";
-	case RINGBID__CALL_STATE__CALL_CONNECTED:
-		return "CONNECTED";
-	case RINGBID__CALL_STATE__CALL_ENDED:
-		return "ENDED";
-	default:
-		return "NONE";
-	}
-}
-
-const char *cli_disposition_name(int disposition)
-{
-	switch (disposition) {
-	case RINGBID__DISPOSITION__DISP_COMPLETED:
-		return "completed";
-	case RINGBID__DISPOSITION__DISP_ABANDONED:
-		return "abandoned";
-	case RINGBID__DISPOSITION__DISP_OVERFLOW:
-		return "overflow";
-	default:
-		return "";
-	}
-}
-
-const char *cli_agent_state_name(int state)
-{
-	switch (state) {
-	case RINGBID__AGENT_STATE__AGENT_OFFLINE:
-		return "OFFLINE";
-	case RINGBID__AGENT_STATE__AGENT_NOT_READY:
-		return "NOT_READY";
-	case RINGBID__AGENT_STATE__AGENT_AVAILABLE:
-		return "AVAILABLE";
-	case RINGBID__AGENT_STATE__AGENT_RESERVED:
-		return "RESERVED";
-	case RINGBID__AGENT_STATE__AGENT_ON_CALL:
-		return "ON_CALL";
-	case RINGBID__AGENT_STATE__AGENT_WRAP_UP:
-		return "WRAP_UP";
-	default:
-		return NULL;
-	}
-}
 
 static uint64_t span_ms(uint64_t from_us, uint64_t to_us)
 {
@@ -123,12 +72,12 @@ json_t *cli_call_json(const Ringbid__CallInfo *ci, bool full, uint64_t now_us)
 
 	if (!o)
 		return NULL;
-	snprintf(state, sizeof state, "%s", cli_call_state_name(ci->state));
+	snprintf(state, sizeof state, "%s", rb_call_state_name(ci->state));
 	lower(state);
 	json_object_set_new(o, "call_id", json_string(safe(ci->call_id)));
 	json_object_set_new(o, "program", json_string(safe(ci->program)));
 	json_object_set_new(o, "state", json_string(state));
-	json_object_set_new(o, "disposition", json_string(cli_disposition_name(ci->disposition)));
+	json_object_set_new(o, "disposition", json_string(rb_disposition_name(ci->disposition)));
 	json_object_set_new(o, "agent_id", json_integer((json_int_t)ci->agent_id));
 	json_object_set_new(o, "wait_ms", json_integer((json_int_t)cli_call_wait_ms(ci, now_us)));
 	json_object_set_new(o, "talk_ms", json_integer((json_int_t)cli_call_talk_ms(ci)));
@@ -175,9 +124,9 @@ json_t *cli_kpis_json(const Ringbid__Kpis *k)
 	// Every state is listed, zero when presence reported none in it.
 	for (int s = RINGBID__AGENT_STATE__AGENT_OFFLINE; s <= RINGBID__AGENT_STATE__AGENT_WRAP_UP;
 	     s++)
-		json_object_set_new(agents, cli_agent_state_name(s), json_integer(0));
+		json_object_set_new(agents, rb_agent_state_name(s), json_integer(0));
 	for (size_t i = 0; i < k->n_agents; i++) {
-		const char *name = cli_agent_state_name(k->agents[i]->state);
+		const char *name = rb_agent_state_name(k->agents[i]->state);
 		json_t *cur;
 
 		if (!name)
@@ -410,11 +359,11 @@ static void print_time(const char *label, uint64_t us)
 static void print_call_info(const Ringbid__CallInfo *ci)
 {
 	uint64_t now = rb_now_us();
-	const char *disp = cli_disposition_name(ci->disposition);
+	const char *disp = rb_disposition_name(ci->disposition);
 
 	printf("%-10s %s\n", "call", safe(ci->call_id));
 	printf("%-10s %s\n", "program", safe(ci->program));
-	printf("%-10s %s%s%s%s\n", "state", cli_call_state_name(ci->state), *disp ? " (" : "", disp,
+	printf("%-10s %s%s%s%s\n", "state", rb_call_state_name(ci->state), *disp ? " (" : "", disp,
 	       *disp ? ")" : "");
 	if (ci->agent_id)
 		printf("%-10s %llu\n", "agent", (unsigned long long)ci->agent_id);
@@ -697,7 +646,7 @@ int cli_cmd_call(int argc, char **argv)
 		} else if (how == FOLLOW_GAVE_UP) {
 			printf("call %s still %s after %.1f s: stopped following (the call stays; "
 			       "see 'ringbid call-info %s')\n",
-			       co.call_id, cli_call_state_name(ci->state),
+			       co.call_id, rb_call_state_name(ci->state),
 			       (double)co.timeout_ms / 1000.0, co.call_id);
 		}
 		rc = served ? CLI_EXIT_OK : CLI_EXIT_UNSERVED;
@@ -764,7 +713,7 @@ int cli_cmd_hangup(int argc, char **argv)
 			print_ended(reply->call);
 		else
 			printf("call %s is %s\n", safe(reply->call->call_id),
-			       cli_call_state_name(reply->call->state));
+			       rb_call_state_name(reply->call->state));
 		rb_pb_free(&reply->base);
 	}
 	broker_close(&b);
@@ -887,9 +836,9 @@ static void print_explain(const Ringbid__ExplainReply *e)
 	char at[40];
 
 	printf("call %s, program %s: %s", safe(ci->call_id), safe(ci->program),
-	       cli_call_state_name(ci->state));
-	if (*cli_disposition_name(ci->disposition))
-		printf(" (%s)", cli_disposition_name(ci->disposition));
+	       rb_call_state_name(ci->state));
+	if (*rb_disposition_name(ci->disposition))
+		printf(" (%s)", rb_disposition_name(ci->disposition));
 	printf(", %u offer%s\n", ci->offers, ci->offers == 1 ? "" : "s");
 	if (e->n_decisions == 0)
 		printf("  no offer was made\n");
@@ -918,12 +867,12 @@ static void print_explain(const Ringbid__ExplainReply *e)
 		printf("connected to agent %llu after %.1f s", (unsigned long long)ci->agent_id,
 		       (double)cli_call_wait_ms(ci, 0) / 1000.0);
 	else if (ci->state != RINGBID__CALL_STATE__CALL_ENDED)
-		printf("%s, waiting %.1f s so far", cli_call_state_name(ci->state),
+		printf("%s, waiting %.1f s so far", rb_call_state_name(ci->state),
 		       (double)cli_call_wait_ms(ci, rb_now_us()) / 1000.0);
 	else
 		printf("never connected");
 	if (ci->state == RINGBID__CALL_STATE__CALL_ENDED)
-		printf("; ended %s%s", cli_disposition_name(ci->disposition),
+		printf("; ended %s%s", rb_disposition_name(ci->disposition),
 		       ci->review ? " (flagged for review)" : "");
 	if (ci->ended_us && ci->answered_us)
 		printf(" after %.1f s of talk", (double)cli_call_talk_ms(ci) / 1000.0);

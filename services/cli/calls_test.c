@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "cli.h"
+#include "rb_names.h"
 
 #define S(us) ((uint64_t)(us))
 
@@ -207,13 +208,13 @@ static void test_explain(void **state)
 static void test_names(void **state)
 {
 	(void)state;
-	assert_string_equal(cli_call_state_name(RINGBID__CALL_STATE__CALL_OFFERED), "OFFERED");
-	assert_string_equal(cli_call_state_name(99), "NONE");
-	assert_string_equal(cli_disposition_name(RINGBID__DISPOSITION__DISP_OVERFLOW), "overflow");
-	assert_string_equal(cli_disposition_name(0), "");
-	assert_string_equal(cli_agent_state_name(RINGBID__AGENT_STATE__AGENT_NOT_READY),
+	assert_string_equal(rb_call_state_name(RINGBID__CALL_STATE__CALL_OFFERED), "OFFERED");
+	assert_string_equal(rb_call_state_name(99), "NONE");
+	assert_string_equal(rb_disposition_name(RINGBID__DISPOSITION__DISP_OVERFLOW), "overflow");
+	assert_string_equal(rb_disposition_name(0), "");
+	assert_string_equal(rb_agent_state_name(RINGBID__AGENT_STATE__AGENT_NOT_READY),
 	                    "NOT_READY");
-	assert_null(cli_agent_state_name(-1));
+	assert_null(rb_agent_state_name(-1));
 }
 
 int main(void)

@@ -149,11 +149,9 @@ int cli_db_migrate(PGconn *conn, const char *dir, bool quiet);
 // ---------------------------------------------------------------------------------------------
 // calls.c: what the broker tells about calls, as text and JSON (pure)
 
-// Upper-case names as on screens: "QUEUED", "completed" (dispositions are lower case), "AVAILABLE".
-const char *cli_call_state_name(int state);
-const char *cli_disposition_name(int disposition); // "" for none
-const char *cli_agent_state_name(int state);
-// Milliseconds the caller waited (arrival to answer, or to the end, or to now_us) and talked.
+const char *
+rb_disposition_name(int disposition); // Milliseconds the caller waited (arrival to answer, or to
+                                      // the end, or to now_us) and talked.
 uint64_t cli_call_wait_ms(const Ringbid__CallInfo *ci, uint64_t now_us);
 uint64_t cli_call_talk_ms(const Ringbid__CallInfo *ci);
 // The summary object of `ringbid call --json` ({"call_id", "program", "state", "disposition",
