@@ -108,11 +108,12 @@ ringbid agent import "$RINGBID_HOME/agents.csv" --secret-file "$SECRET"
 ringbid agent list
 
 step "The agents log in from home"
-note "Each runs ringbid-agent --auto-answer: it goes ready, accepts offers and talks a while."
+note "Each runs ringbid-agent --auto-answer: it goes ready, accepts offers and talks a while;"
+note "when an agent ends a call itself, every second such call is marked a sale (commission)."
 for id in $(seq 1001 1020); do
   talk=$(( 5 + (id % 4) ))   # 5-8 s of talk before the agent ends the call itself
   RINGBID_AGENT_SECRET_FILE=$SECRET "$BIN/ringbid-agent" --agent "$id" --auto-answer "$talk" \
-    --json </dev/null >"$AGENT_LOGS/$id.log" 2>"$AGENT_LOGS/$id.err" &
+    --sale-every 2 --json </dev/null >"$AGENT_LOGS/$id.log" 2>"$AGENT_LOGS/$id.err" &
   AGENT_PIDS+=($!)
 done
 ready=0

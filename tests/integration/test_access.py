@@ -3,6 +3,7 @@
 agent's sale/resolved marks reaching the CDR."""
 
 import hashlib
+from decimal import ROUND_HALF_UP, Decimal
 import os
 import secrets
 import sys
@@ -12,7 +13,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import HTTP_PORT, expect, expect_eq, run_tests, wait_until  # noqa: E402
+from harness import PORT_PRESENCE_AGENTS, HTTP_PORT, call_talk_s, expect, expect_eq, run_tests, wait_until  # noqa: E402
 
 
 def _get(st, path, token=None, raw_auth=None):
@@ -52,11 +53,15 @@ def test_roles(st):
     sup = _token(st, "supervisor", "sup")
     expect_eq(_get(st, path, token=sup)[0], 403, "status with a supervisor token")
 
+    # A real agent session: log in through presence as the agent's client does.
     st.add_agent(7301)
-    agent_tok = secrets.token_hex(32)
-    h32 = hashlib.blake2b(bytes.fromhex(agent_tok), digest_size=32).hexdigest()
-    st.psql("INSERT INTO billing.api_tokens (role, agent_id, name, token_hash) "
-            "VALUES ('agent', 7301, 'a', '\\x%s'::bytea)" % h32)
+    st.env["RINGBID_AGENT_SECRET_FILE"] = st.secret_file("s3cret-pass")
+    try:
+        login = st.probe(st.url(PORT_PRESENCE_AGENTS), "pair", "--login", 7301)
+    finally:
+        del st.env["RINGBID_AGENT_SECRET_FILE"]
+    agent_tok = login.get("session_token", "")
+    expect(len(agent_tok) == 64, "a session token from presence: %r", login)
     expect_eq(_get(st, path, token=agent_tok)[0], 403, "status with an agent token")
 
     fin = _token(st, "finance", "fin")
@@ -83,18 +88,38 @@ def test_roles(st):
 
 
 def test_sale_flag_and_earnings(st):
-    st.add_program("acc", skills=("acc",), ring_timeout=5, wrap_up=0)
-    st.add_agent(7311, skills=("acc",))
-    a = st.start_agent(7311, "--json", "--auto-answer", "1", "--sale-every", "1")
-    res = st.place_call("acc", skills=["acc"], talk=5, id="acc-sale-1")
-    expect(res.get("agent_id") == 7311, "call answered by 7311: %r", res)
+    # A generous rate so a few seconds of talk make whole cents.
+    st.add_program("acc", skills=("acc",), ring_timeout=5, wrap_up=0, rate="6.0000")
+    st.add_agent(7311, skills=("acc",), score=90)
+    st.add_agent(7312, skills=("acc",), score=50)
+    a = st.start_agent(7311, "--json", "--auto-answer", "3", "--sale-every", "1")
+    b = st.start_agent(7312, "--json", "--auto-answer", "2")
+    res = st.place_call("acc", skills=["acc"], talk=8, id="acc-sale-1")
+    expect(res.get("agent_id") == 7311, "first call answered by 7311: %r", res)
     wait_until(lambda: st.psql("SELECT sale FROM billing.cdrs WHERE cdr_id = 'acc-sale-1'")
                == [["t"]], 20, "the CDR stored with sale = true")
-    mark = a.mark()
-    a.send("earnings")
-    ev = a.wait_event("earnings", after=mark, timeout=10)
-    expect(ev["today_calls"] >= 1, "earnings %r", ev)
+    a.send("pause")
+    a.wait_state("NOT_READY", 10)
+    res = st.place_call("acc", skills=["acc"], talk=8, id="acc-b-1")
+    expect(res.get("agent_id") == 7312, "second call answered by 7312: %r", res)
+    wait_until(lambda: st.psql("SELECT count(*) FROM billing.cdrs WHERE cdr_id = 'acc-b-1'")
+               == [["1"]], 20, "the second CDR stored")
+
+    # Each agent sees exactly its own call: its talk seconds and its pay at 6.00 a minute.
+    for agent, call_id in ((a, "acc-sale-1"), (b, "acc-b-1")):
+        talk = call_talk_s(st.call_info(call_id))
+        expect(talk >= 1, "talk seconds of %s: %r", call_id, talk)
+        mark = agent.mark()
+        agent.send("earnings")
+        ev = agent.wait_event("earnings", after=mark, timeout=10)
+        expect_eq(ev["today_calls"], 1, "calls today for %d" % agent.agent_id)
+        expect_eq(ev["today_talk_s"], talk, "talk seconds today for %d" % agent.agent_id)
+        expect_eq(ev["period_calls"], 1, "calls this period for %d" % agent.agent_id)
+        expected = (Decimal(talk) * Decimal("6.0000") / 60).quantize(Decimal("0.01"),
+                                                                      rounding=ROUND_HALF_UP)
+        expect_eq(Decimal(ev["today_amount"]), expected, "earned today by %d" % agent.agent_id)
     a.stop()
+    b.stop()
 
 
 if __name__ == "__main__":

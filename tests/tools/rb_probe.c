@@ -39,7 +39,8 @@ enum probe_mode {
 	MODE_TRUNCATED,
 	MODE_WRONG_TOKEN,
 	MODE_VALID,
-	MODE_CDRS, // a CdrBatch of the CDRs in a JSON-lines file
+	MODE_CDRS,  // a CdrBatch of the CDRs in a JSON-lines file
+	MODE_LOGIN, // an agent's Login, the secret from $RINGBID_AGENT_SECRET_FILE
 };
 
 struct probe_opts {
@@ -50,6 +51,7 @@ struct probe_opts {
 	enum probe_kind answer; // reply type to decode; KIND_NONE: try every type
 	const char *hex;
 	const char *cdrs_path;
+	uint64_t login_agent;
 	size_t size;
 	int timeout_ms;
 	const char *token;
@@ -92,7 +94,9 @@ static void usage(FILE *f)
 	        "a line: cdr_id, call_id (default cdr_id), program, agent_id, arrived_us,\n"
 	        "offered_us, answered_us, ended_us, talk_s, disposition (completed, abandoned,\n"
 	        "overflow), sale, review, resolved, offers; the result adds the CdrAck's stored,\n"
-	        "quarantined and refused ids.\n");
+	        "quarantined and refused ids.\n"
+	        "--login AGENT_ID logs in as that agent (secret from $RINGBID_AGENT_SECRET_FILE)\n"
+	        "and prints the session token presence answers with.\n");
 }
 
 static enum probe_kind parse_kind(const char *s)
@@ -148,6 +152,7 @@ static int parse_args(int argc, char **argv, struct probe_opts *o)
 	        {"wrong-token", required_argument, NULL, 'w'},
 	        {"valid", required_argument, NULL, 'v'},
 	        {"cdrs", required_argument, NULL, 'c'},
+	        {"login", required_argument, NULL, 'L'},
 	        {"kind", required_argument, NULL, 'k'},
 	        {"token", required_argument, NULL, 'T'},
 	        {"timeout-ms", required_argument, NULL, 'm'},
@@ -203,6 +208,16 @@ static int parse_args(int argc, char **argv, struct probe_opts *o)
 			o->cdrs_path = optarg;
 			o->kind = KIND_CDR;
 			break;
+		case 'L': {
+			char *end = NULL;
+
+			rv = set_mode(o, MODE_LOGIN);
+			o->login_agent = strtoull(optarg, &end, 10);
+			if (rv == 0 && (end == optarg || *end != '\0' || o->login_agent == 0))
+				rv = RB_EINVAL;
+			o->kind = KIND_AGENT;
+			break;
+		}
 		case 'k':
 			rv = kind_arg(optarg, &o->answer);
 			break;
@@ -582,6 +597,24 @@ static char *ack_lists(const Ringbid__CdrAck *ack)
 // Decodes a reply as kind k (or, with KIND_NONE, as the first type that decodes with an error
 // in it, else the first type that decodes at all). Fills r; returns true when it carried an
 // ErrorReply.
+// The session token of a Login's answer as a JSON member (",\"session_token\":\"...\""), or
+// NULL. Tokens are hex, so they need no escaping; anything else is not printed.
+static char *session_token_of(const Ringbid__AgentMsg *a)
+{
+	const char *t;
+	char *out;
+
+	if (a->body_case != RINGBID__AGENT_MSG__BODY_STATUS || a->status->session_token == NULL)
+		return NULL;
+	t = a->status->session_token;
+	if (t[0] == '\0' || strspn(t, "0123456789abcdef") != strlen(t) || strlen(t) > 128)
+		return NULL;
+	out = malloc(strlen(t) + 24);
+	if (out != NULL)
+		sprintf(out, ",\"session_token\":\"%s\"", t);
+	return out;
+}
+
 static bool decode_reply(enum probe_kind k, const uint8_t *buf, size_t len, struct probe_reply *r)
 {
 	enum probe_kind first = KIND_NONE;
@@ -600,6 +633,8 @@ static bool decode_reply(enum probe_kind k, const uint8_t *buf, size_t len, stru
 		bool is_error = error_of((enum probe_kind)i, m, &code, &text);
 		if (i == KIND_CDR && k == KIND_CDR && !is_error)
 			r->ack = ack_lists((const Ringbid__CdrAck *)m);
+		if (i == KIND_AGENT && k == KIND_AGENT && !is_error)
+			r->ack = session_token_of((const Ringbid__AgentMsg *)m);
 		if (is_error) {
 			r->decoded = (enum probe_kind)i;
 			r->error_code = code;
@@ -674,6 +709,34 @@ static void print_result(size_t sent, const struct probe_reply *r, const struct 
 	fflush(stdout);
 }
 
+// An agent's Login as its client sends it, so a test can hold a real session token.
+static int build_login(uint64_t agent_id, uint8_t **out, size_t *out_len)
+{
+	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
+	Ringbid__Login login = RINGBID__LOGIN__INIT;
+	char secret[1024] = "";
+	const char *path = getenv("RINGBID_AGENT_SECRET_FILE");
+	FILE *f = path != NULL ? fopen(path, "re") : NULL;
+
+	if (f == NULL)
+		return RB_ENOTFOUND;
+	if (fgets(secret, sizeof(secret), f) == NULL)
+		secret[0] = '\0';
+	fclose(f);
+	secret[strcspn(secret, "\r\n")] = '\0';
+	login.agent_id = agent_id;
+	login.secret = secret;
+	m.seq = 1;
+	m.body_case = RINGBID__AGENT_MSG__BODY_LOGIN;
+	m.login = &login;
+	*out_len = ringbid__agent_msg__get_packed_size(&m);
+	*out = malloc(*out_len > 0 ? *out_len : 1);
+	if (*out == NULL)
+		return RB_ENOMEM;
+	ringbid__agent_msg__pack(&m, *out);
+	return 0;
+}
+
 static int make_payload(const struct probe_opts *o, const char *token, uint8_t **buf, size_t *len)
 {
 	switch (o->mode) {
@@ -687,6 +750,8 @@ static int make_payload(const struct probe_opts *o, const char *token, uint8_t *
 		return build_message(o->kind, token, buf, len);
 	case MODE_CDRS:
 		return build_cdr_batch(o->cdrs_path, token, buf, len);
+	case MODE_LOGIN:
+		return build_login(o->login_agent, buf, len);
 	case MODE_WRONG_TOKEN:
 		// Well formed (64 lowercase hex, like a real token) and still wrong.
 		return build_message(o->kind,
@@ -800,7 +865,8 @@ int main(int argc, char **argv)
 		cur.len = nng_msg_len(in);
 		bool is_error = decode_reply(o.answer, nng_msg_body(in), cur.len, &cur);
 		nng_msg_free(in);
-		if (!o.pair || is_error) {
+		// A login is answered with a status carrying the token: that is the answer.
+		if (!o.pair || is_error || cur.ack != NULL) {
 			r = cur;
 			break;
 		}
