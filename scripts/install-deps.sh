@@ -7,7 +7,7 @@ PKGS=(
   libuv1-dev libnng-dev libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler
   libpq-dev postgresql postgresql-client
   libsodium-dev libjansson-dev libcmocka-dev acl
-  libbsd-dev uthash-dev python3 procps iproute2 util-linux curl ca-certificates
+  libbsd-dev uthash-dev python3 valgrind procps iproute2 util-linux curl ca-certificates
 )
 
 missing=()

@@ -26,8 +26,8 @@
 #include "rb_pgdir.h"
 #include "rb_time.h"
 
-#define READY_TIMEOUT_MS  30000
-#define STOP_TIMEOUT_MS   10000
+#define READY_TIMEOUT_MS  30000 // RINGBID_READY_TIMEOUT_MS overrides it
+#define STOP_TIMEOUT_MS   10000 // RINGBID_STOP_TIMEOUT_MS overrides it
 #define PORT_BASE_DEFAULT 7100
 #define LOG_TAIL_LINES    20
 
@@ -284,9 +284,14 @@ static bool pid_runs(pid_t pid, const char *program)
 	if (len <= 0)
 		return false; // a zombie has an empty command line
 	cmd[len] = '\0';
-	base = strrchr(cmd, '/');
-	base = base ? base + 1 : cmd;
-	return strcmp(base, program) == 0;
+	// Any argument may be the program: a wrapper (RINGBID_SERVICE_WRAPPER) comes first.
+	for (char *arg = cmd; arg < cmd + len; arg += strlen(arg) + 1) {
+		base = strrchr(arg, '/');
+		base = base ? base + 1 : arg;
+		if (strcmp(base, program) == 0)
+			return true;
+	}
+	return false;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -645,8 +650,24 @@ static int svc_start(svc_run *s)
 	if (pid < 0)
 		return cli_fail("cannot start %s: %s", s->svc->name, strerror(errno));
 	if (pid == 0) {
-		const char *argv[] = {s->bin, NULL};
+		// RINGBID_SERVICE_WRAPPER runs each service under a command, e.g. valgrind for the
+		// leak check at shutdown; words are split on spaces.
+		char wrapper[1024];
+		const char *argv[34];
+		size_t n = 0;
+		const char *w = getenv("RINGBID_SERVICE_WRAPPER");
 		int in = open("/dev/null", O_RDONLY), out;
+
+		if (w != NULL && strlen(w) < sizeof wrapper) {
+			char *save = NULL;
+
+			memcpy(wrapper, w, strlen(w) + 1);
+			for (char *t = strtok_r(wrapper, " ", &save); t != NULL && n < 32;
+			     t = strtok_r(NULL, " ", &save))
+				argv[n++] = t;
+		}
+		argv[n++] = s->bin;
+		argv[n] = NULL;
 
 		setsid();
 		out = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0640);
@@ -656,8 +677,8 @@ static int svc_start(svc_run *s)
 			dup2(out, 1);
 			dup2(out, 2);
 		}
-		execv(s->bin, (char *const *)argv);
-		fprintf(stderr, "ringbid: cannot run %s: %s\n", s->bin, strerror(errno));
+		execvp(argv[0], (char *const *)argv);
+		fprintf(stderr, "ringbid: cannot run %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
 	}
 	s->pid = pid;
@@ -680,7 +701,12 @@ static bool svc_alive(svc_run *s)
 // Waits until every service answers 200 on /readyz. Returns 0 or an exit status.
 static int wait_ready(svc_run *runs, size_t n)
 {
-	const int64_t deadline = mono_ms() + READY_TIMEOUT_MS;
+	long long timeout_ms = READY_TIMEOUT_MS;
+
+	if (rb_config_ms("RINGBID_READY_TIMEOUT_MS", READY_TIMEOUT_MS, 1000, 600000, &timeout_ms) !=
+	    0)
+		timeout_ms = READY_TIMEOUT_MS;
+	const int64_t deadline = mono_ms() + timeout_ms;
 	size_t ready = 0;
 
 	for (;;) {
@@ -913,7 +939,11 @@ int cli_cmd_down(int argc, char **argv)
 			unlink(s->pidfile);
 		}
 	}
-	const int64_t deadline = mono_ms() + STOP_TIMEOUT_MS;
+	long long stop_ms = STOP_TIMEOUT_MS;
+
+	if (rb_config_ms("RINGBID_STOP_TIMEOUT_MS", STOP_TIMEOUT_MS, 1000, 600000, &stop_ms) != 0)
+		stop_ms = STOP_TIMEOUT_MS;
+	const int64_t deadline = mono_ms() + stop_ms;
 
 	while (nstopping > 0) {
 		bool late = mono_ms() >= deadline;
@@ -928,8 +958,8 @@ int cli_cmd_down(int argc, char **argv)
 				printf("%-8s stopped (pid %ld)\n", s->svc->name, (long)s->pid);
 			} else if (late) {
 				kill(s->pid, SIGKILL);
-				printf("%-8s killed (pid %ld): it did not stop within %d s\n",
-				       s->svc->name, (long)s->pid, STOP_TIMEOUT_MS / 1000);
+				printf("%-8s killed (pid %ld): it did not stop within %lld s\n",
+				       s->svc->name, (long)s->pid, stop_ms / 1000);
 			} else {
 				continue;
 			}

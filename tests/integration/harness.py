@@ -351,9 +351,10 @@ def _parse_call(args, rc, out, err):
 class Stack:
     """A private ringbid installation: home, ports, PostgreSQL and the four services."""
 
-    def __init__(self, name):
+    def __init__(self, name, extra_env=None):
         self.name = name
         self.base_name = name
+        self.extra_env = dict(extra_env or {})
         self.home = os.path.join(ITEST, name)
         self._lock = None
         self.agents = []
@@ -402,6 +403,7 @@ class Stack:
             "RINGBID_HEARTBEAT_MS": "500",
             "RINGBID_HEARTBEAT_TIMEOUT_MS": "3000",
         })
+        env.update(self.extra_env)
         self.env = env
         print("# stack %s home=%s port_base=%d" % (self.name, self.home, self.port_base),
               flush=True)
