@@ -22,6 +22,9 @@ ALTER TABLE billing.cdrs
   -- that pays it on a LATE line
   ADD COLUMN paid_period date REFERENCES billing.pay_periods (start_date);
 CREATE INDEX cdrs_paid_period ON billing.cdrs (paid_period) WHERE paid_period IS NOT NULL;
+-- The CDRs a period pays on time, found by answer time without reading other weeks.
+CREATE INDEX cdrs_paid_answered ON billing.cdrs (answered_at)
+  WHERE disposition = 'completed' AND paid_period IS NULL;
 
 -- Rates per talk minute, effective-dated; agent_id NULL is the program-wide rate.
 CREATE TABLE billing.rates (
@@ -51,17 +54,26 @@ CREATE TABLE billing.pay_lines (
   UNIQUE NULLS NOT DISTINCT (period, agent_id, program, code, rate, original_period)
 );
 
--- The CDRs behind each pay line, with each one's exact (unrounded) share.
+-- The CDRs behind each pay line, with each one's exact (unrounded) share: one row per CDR
+-- item, written by the million when a period closes and never changed after. So that writing
+-- them stays cheap, the key puts the CDR right after the period (one comparison of a fixed-width
+-- date, then the CDR id decides), and the references are kept by triggers once per statement
+-- instead of foreign keys checked row by row: a row names a stored, open period when it is
+-- written (refuse_closed_rows); a period is not deleted while rows name it, and a CDR they name
+-- neither goes nor changes its id (refuse_closed_change); the CDR itself is one that
+-- close_period has just read.
 CREATE TABLE billing.pay_line_cdrs (
-  period    date NOT NULL REFERENCES billing.pay_periods (start_date),
+  period    date NOT NULL,
   agent_id  bigint NOT NULL,
   program   text NOT NULL,
   code      text NOT NULL,
   rate      numeric(12,4) NOT NULL,
-  cdr_id    text NOT NULL REFERENCES billing.cdrs (cdr_id),
+  -- the line's original period (LATE lines and late sales), as the line itself names it
+  original_period date,
+  cdr_id    text NOT NULL,
   quantity  numeric NOT NULL,
   share     numeric NOT NULL,
-  PRIMARY KEY (period, code, cdr_id)
+  PRIMARY KEY (period, cdr_id, code)
 );
 
 -- The lock that keeps CDR ingestion (shared) and period closing (exclusive) apart.
@@ -153,35 +165,65 @@ $$;
 -- connected call (TALK, or LATE for calls paid after their own period closed) and one SALE item
 -- per sale. units / divisor * rate is the item's exact share; a line's amount rounds the sum
 -- once, so that per_second pay is round(sum(talk_s) * rate / 60, 2).
+-- Set-based, because a period holds millions of CDRs: the rates of each agent (or program) are
+-- one row of start times and rates, sorted, and a CDR's rate is the one whose start is the last
+-- at or before its answer time (width_bucket), which is what billing.rate_at picks for one call;
+-- the joins are on equality alone, so they hash. The period's CDRs come from two index ranges:
+-- answered in the period (cdrs_paid_answered) and paid late by it (cdrs_paid_period).
 CREATE FUNCTION billing.pay_items_live(p billing.pay_periods)
 RETURNS TABLE (agent_id bigint, program text, code text, rate numeric(12,4),
                original_period date, cdr_id text, units numeric, divisor int)
 LANGUAGE sql STABLE AS $$
-  WITH c AS (
-    SELECT c.*, pr.rounding, pr.sale_commission,
-           billing.rate_at(c.agent_id, c.program, c.answered_at) AS talk_rate,
-           CASE WHEN c.paid_period IS NOT NULL THEN
-             (SELECT o.start_date FROM billing.pay_periods o
-               WHERE c.answered_at >= o.starts_at AND c.answered_at < o.ends_at
-               ORDER BY o.start_date DESC LIMIT 1) END AS orig
+  WITH agent_rates AS (
+    SELECT r.agent_id, r.program,
+           array_agg(r.effective_from ORDER BY r.effective_from) AS starts,
+           array_agg(r.rate ORDER BY r.effective_from) AS rates
+    FROM billing.rates r WHERE r.agent_id IS NOT NULL
+    GROUP BY r.agent_id, r.program),
+  program_rates AS (
+    SELECT r.program, array_agg(r.effective_from ORDER BY r.effective_from) AS starts,
+           array_agg(r.rate ORDER BY r.effective_from) AS rates
+    FROM billing.rates r WHERE r.agent_id IS NULL
+    GROUP BY r.program),
+  paid AS (
+    SELECT c.cdr_id, c.agent_id, c.program, c.answered_at, c.talk_s, c.sale, false AS late,
+           NULL::date AS orig
     FROM billing.cdrs c
-    LEFT JOIN roster.programs pr ON pr.id = c.program
     WHERE c.answered_at IS NOT NULL AND c.agent_id IS NOT NULL
-      AND c.disposition = 'completed'
-      AND ((c.paid_period IS NULL AND c.answered_at >= p.starts_at AND c.answered_at < p.ends_at)
-           OR c.paid_period = p.start_date))
-  SELECT agent_id, program, CASE WHEN paid_period IS NULL THEN 'TALK' ELSE 'LATE' END,
-         talk_rate, orig, cdr_id,
-         CASE WHEN rounding = 'per_started_minute' THEN ceil(talk_s / 60.0) ELSE talk_s END,
-         CASE WHEN rounding = 'per_started_minute' THEN 1 ELSE 60 END
-  FROM c
-  UNION ALL
-  SELECT agent_id, program, 'SALE', sale_commission, orig, cdr_id, 1, 1
-  FROM c WHERE sale AND sale_commission > 0
+      AND c.disposition = 'completed' AND c.paid_period IS NULL
+      AND c.answered_at >= p.starts_at AND c.answered_at < p.ends_at
+    UNION ALL
+    SELECT c.cdr_id, c.agent_id, c.program, c.answered_at, c.talk_s, c.sale, true,
+           (SELECT o.start_date FROM billing.pay_periods o
+             WHERE c.answered_at >= o.starts_at AND c.answered_at < o.ends_at
+             ORDER BY o.start_date DESC LIMIT 1)
+    FROM billing.cdrs c
+    WHERE c.answered_at IS NOT NULL AND c.agent_id IS NOT NULL
+      AND c.disposition = 'completed' AND c.paid_period = p.start_date),
+  c AS (
+    SELECT c.*, pr.rounding, pr.sale_commission,
+           coalesce(ar.rates[width_bucket(c.answered_at, ar.starts)],
+                    gr.rates[width_bucket(c.answered_at, gr.starts)],
+                    pr.default_rate) AS talk_rate
+    FROM paid c
+    LEFT JOIN roster.programs pr ON pr.id = c.program
+    LEFT JOIN agent_rates ar ON ar.agent_id = c.agent_id AND ar.program = c.program
+    LEFT JOIN program_rates gr ON gr.program = c.program)
+  SELECT c.agent_id, c.program,
+         CASE WHEN k.sale THEN 'SALE' WHEN c.late THEN 'LATE' ELSE 'TALK' END,
+         CASE WHEN k.sale THEN c.sale_commission ELSE c.talk_rate END,
+         c.orig, c.cdr_id,
+         CASE WHEN k.sale THEN 1
+              WHEN c.rounding = 'per_started_minute' THEN ceil(c.talk_s / 60.0)
+              ELSE c.talk_s END,
+         CASE WHEN k.sale OR c.rounding = 'per_started_minute' THEN 1 ELSE 60 END
+  FROM c JOIN (VALUES (false), (true)) k (sale)
+    ON NOT k.sale OR (c.sale AND c.sale_commission > 0)
 $$;
 
--- The lines of a period: the frozen ones once it is closed, else computed live. The one
--- definition behind close, export, explain and the period totals.
+-- The lines of a period: the frozen ones once it is closed, else computed live; close_period
+-- freezes them with these same sums. The one definition behind export, explain and the period
+-- totals.
 CREATE FUNCTION billing.pay_lines_for(p_start date, p_tz text)
 RETURNS TABLE (agent_id bigint, program text, code text, rate numeric(12,4),
                quantity numeric(14,4), amount numeric(12,2), currency text,
@@ -220,15 +262,9 @@ BEGIN
   p := billing.period_row(p_start, p_tz);
   IF p.status = 'closed' THEN
     RETURN QUERY
-      SELECT x.agent_id, x.program, x.code, x.rate, l.original_period, x.cdr_id, x.quantity,
+      SELECT x.agent_id, x.program, x.code, x.rate, x.original_period, x.cdr_id, x.quantity,
              x.share
       FROM billing.pay_line_cdrs x
-      JOIN billing.cdrs c ON c.cdr_id = x.cdr_id
-      LEFT JOIN LATERAL (
-        SELECT pl.original_period FROM billing.pay_lines pl
-         WHERE pl.period = x.period AND pl.agent_id = x.agent_id AND pl.program = x.program
-           AND pl.code = x.code AND pl.rate = x.rate
-           AND (pl.original_period IS NULL) = (c.paid_period IS NULL)) l ON true
       WHERE x.period = p_start;
     RETURN;
   END IF;
@@ -237,6 +273,19 @@ BEGIN
            i.units / i.divisor, i.units * i.rate / i.divisor
     FROM billing.pay_items_live(p) i;
 END $$;
+
+-- The figures of a period's frozen lines: how many lines, how many CDRs behind them and the
+-- total amount. Every CDR a period pays has exactly one TALK or LATE item (a sale adds a SALE
+-- item for the same CDR), so the talk lines' cdr_count adds up to the number of distinct CDRs
+-- without reading the links.
+CREATE FUNCTION billing.frozen_totals(p_start date, OUT lines integer, OUT cdrs integer,
+                                      OUT amount numeric(14,2))
+LANGUAGE sql STABLE AS $$
+  SELECT count(*)::integer,
+         coalesce(sum(l.cdr_count) FILTER (WHERE l.code <> 'SALE'), 0)::integer,
+         coalesce(sum(l.amount), 0)::numeric(14,2)
+  FROM billing.pay_lines l WHERE l.period = p_start
+$$;
 
 -- Closes a period: freezes its lines and their CDRs, then marks it closed. Returns what it
 -- did: status 'closed' (just now) or 'already_closed', with the number of lines, CDRs and the
@@ -252,12 +301,8 @@ BEGIN
   PERFORM pg_advisory_xact_lock(billing.pay_lock_key());
   p := billing.period_row(p_start, p_tz);
   IF p.status = 'closed' THEN
-    RETURN QUERY SELECT 'already_closed'::text, p.closed_at,
-                        (SELECT count(*)::integer FROM billing.pay_lines WHERE period = p_start),
-                        (SELECT count(DISTINCT cdr_id)::integer FROM billing.pay_line_cdrs
-                          WHERE period = p_start),
-                        (SELECT coalesce(sum(l.amount), 0)::numeric(14,2)
-                           FROM billing.pay_lines l WHERE l.period = p_start);
+    RETURN QUERY SELECT 'already_closed'::text, p.closed_at, t.lines, t.cdrs, t.amount
+                 FROM billing.frozen_totals(p_start) t;
     RETURN;
   END IF;
   IF p.ends_at > now() THEN
@@ -266,27 +311,35 @@ BEGIN
       USING ERRCODE = '55000';
   END IF;
   p := billing.ensure_period(p_start, p_tz);
-  INSERT INTO billing.pay_line_cdrs (period, agent_id, program, code, rate, cdr_id, quantity,
-                                     share)
-  SELECT p_start, i.agent_id, i.program, i.code, i.rate, i.cdr_id, i.units / i.divisor,
-         i.units * i.rate / i.divisor
-  FROM billing.pay_items_live(p) i;
+  -- One pass over the period's CDRs: the items are computed once, frozen as links with their
+  -- exact shares, and summed into lines exactly as pay_lines_for sums them live (one rounding
+  -- per line, over the unrounded units).
+  WITH items AS MATERIALIZED (
+    SELECT i.agent_id, i.program, i.code, i.rate, i.original_period, i.cdr_id, i.units,
+           i.divisor
+    FROM billing.pay_items_live(p) i),
+  links AS (
+    INSERT INTO billing.pay_line_cdrs (period, agent_id, program, code, rate, original_period,
+                                       cdr_id, quantity, share)
+    SELECT p_start, i.agent_id, i.program, i.code, i.rate, i.original_period, i.cdr_id,
+           i.units / i.divisor, i.units * i.rate / i.divisor
+    FROM items i)
   INSERT INTO billing.pay_lines (period, agent_id, program, code, rate, quantity, amount,
                                  currency, original_period, cdr_count)
-  SELECT p_start, l.agent_id, l.program, l.code, l.rate, l.quantity, l.amount, l.currency,
-         l.original_period, l.cdr_count
-  FROM billing.pay_lines_for(p_start, p.tz) l;
+  SELECT p_start, i.agent_id, i.program, i.code, i.rate,
+         round(sum(i.units) / min(i.divisor), 4)::numeric(14,4),
+         round(sum(i.units) * i.rate / min(i.divisor), 2)::numeric(12,2),
+         'USD', i.original_period, count(*)::integer
+  FROM items i
+  GROUP BY i.agent_id, i.program, i.code, i.rate, i.original_period, i.divisor;
   UPDATE billing.pay_periods pp SET status = 'closed', closed_at = now()
    WHERE pp.start_date = p_start;
-  RETURN QUERY SELECT 'closed'::text, now(),
-                      (SELECT count(*)::integer FROM billing.pay_lines WHERE period = p_start),
-                      (SELECT count(DISTINCT cdr_id)::integer FROM billing.pay_line_cdrs
-                        WHERE period = p_start),
-                      (SELECT coalesce(sum(l.amount), 0)::numeric(14,2)
-                         FROM billing.pay_lines l WHERE l.period = p_start);
+  RETURN QUERY SELECT 'closed'::text, now(), t.lines, t.cdrs, t.amount
+               FROM billing.frozen_totals(p_start) t;
 END $$;
 
--- A closed period and what it paid never change; neither do the CDRs it paid.
+-- A closed period never changes; neither do the CDRs it paid. A period or a CDR that pay line
+-- CDRs name is not deleted (nor given another key) while they do.
 CREATE FUNCTION billing.refuse_closed_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE per date;
@@ -296,31 +349,96 @@ BEGIN
       RAISE EXCEPTION 'pay period % is closed and cannot change', OLD.start_date
         USING ERRCODE = '55000';
     END IF;
+    IF (TG_OP = 'DELETE' OR NEW.start_date <> OLD.start_date)
+       AND EXISTS (SELECT 1 FROM billing.pay_line_cdrs x WHERE x.period = OLD.start_date) THEN
+      RAISE EXCEPTION 'pay period % is still named by pay line CDRs', OLD.start_date
+        USING ERRCODE = '23503';
+    END IF;
     RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
   END IF;
-  IF TG_TABLE_NAME = 'cdrs' THEN
-    per := coalesce(OLD.paid_period,
-                    (SELECT o.start_date FROM billing.pay_periods o
-                      WHERE OLD.answered_at >= o.starts_at AND OLD.answered_at < o.ends_at
-                      ORDER BY o.start_date DESC LIMIT 1));
+  -- A CDR paid late belongs to the period that paid it; any other to every closed period
+  -- holding its answer time (zones can make two stored periods overlap by a few hours).
+  IF OLD.paid_period IS NOT NULL THEN
+    SELECT o.start_date INTO per FROM billing.pay_periods o
+     WHERE o.start_date = OLD.paid_period AND o.status = 'closed';
   ELSE
-    per := CASE WHEN TG_OP = 'INSERT' THEN NEW.period ELSE OLD.period END;
+    SELECT o.start_date INTO per FROM billing.pay_periods o
+     WHERE OLD.answered_at >= o.starts_at AND OLD.answered_at < o.ends_at
+       AND o.status = 'closed'
+     ORDER BY o.start_date DESC LIMIT 1;
   END IF;
-  IF per IS NOT NULL
-     AND EXISTS (SELECT 1 FROM billing.pay_periods o WHERE o.start_date = per
-                  AND o.status = 'closed') THEN
+  IF per IS NOT NULL THEN
     RAISE EXCEPTION 'pay period % is closed: its % cannot change', per, TG_TABLE_NAME
       USING ERRCODE = '55000';
+  END IF;
+  IF (TG_OP = 'DELETE' OR NEW.cdr_id <> OLD.cdr_id)
+     AND EXISTS (SELECT 1 FROM billing.pay_periods o
+                  JOIN billing.pay_line_cdrs x ON x.period = o.start_date
+                   AND x.cdr_id = OLD.cdr_id) THEN
+    RAISE EXCEPTION 'CDR % is behind a pay line: it stays, under its id', OLD.cdr_id
+      USING ERRCODE = '23503';
   END IF;
   RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 END $$;
 
+-- The lines of a closed period and the CDRs behind them never change, a closed period gets no
+-- new ones, and every new one names a stored period. A period's close writes millions of
+-- links in one statement, so this guard runs once per statement over the rows it touched
+-- (transition tables old_rows and new_rows): a statement that touches a row of a closed
+-- period, before or after the change, fails whole.
+CREATE FUNCTION billing.refuse_closed_rows() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  per date;
+  r record;
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    SELECT o.start_date INTO per
+    FROM (SELECT DISTINCT x.period FROM old_rows x) x
+    JOIN billing.pay_periods o ON o.start_date = x.period AND o.status = 'closed'
+    ORDER BY o.start_date LIMIT 1;
+  END IF;
+  IF per IS NULL AND TG_OP IN ('UPDATE', 'INSERT') THEN
+    FOR r IN SELECT x.period, o.status
+             FROM (SELECT DISTINCT x.period FROM new_rows x) x
+             LEFT JOIN billing.pay_periods o ON o.start_date = x.period
+             ORDER BY x.period LOOP
+      IF r.status IS NULL THEN
+        RAISE EXCEPTION 'pay period % is not stored: no % can name it', r.period, TG_TABLE_NAME
+          USING ERRCODE = '23503';
+      ELSIF r.status = 'closed' THEN
+        per := r.period;
+        EXIT;
+      END IF;
+    END LOOP;
+  END IF;
+  IF per IS NOT NULL THEN
+    RAISE EXCEPTION 'pay period % is closed: its % cannot change', per, TG_TABLE_NAME
+      USING ERRCODE = '55000';
+  END IF;
+  RETURN NULL;
+END $$;
+
 CREATE TRIGGER pay_periods_frozen BEFORE UPDATE OR DELETE ON billing.pay_periods
   FOR EACH ROW EXECUTE FUNCTION billing.refuse_closed_change();
-CREATE TRIGGER pay_lines_frozen BEFORE INSERT OR UPDATE OR DELETE ON billing.pay_lines
-  FOR EACH ROW EXECUTE FUNCTION billing.refuse_closed_change();
-CREATE TRIGGER pay_line_cdrs_frozen BEFORE INSERT OR UPDATE OR DELETE ON billing.pay_line_cdrs
-  FOR EACH ROW EXECUTE FUNCTION billing.refuse_closed_change();
+CREATE TRIGGER pay_lines_frozen_insert AFTER INSERT ON billing.pay_lines
+  REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION billing.refuse_closed_rows();
+CREATE TRIGGER pay_lines_frozen_update AFTER UPDATE ON billing.pay_lines
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION billing.refuse_closed_rows();
+CREATE TRIGGER pay_lines_frozen_delete AFTER DELETE ON billing.pay_lines
+  REFERENCING OLD TABLE AS old_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION billing.refuse_closed_rows();
+CREATE TRIGGER pay_line_cdrs_frozen_insert AFTER INSERT ON billing.pay_line_cdrs
+  REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION billing.refuse_closed_rows();
+CREATE TRIGGER pay_line_cdrs_frozen_update AFTER UPDATE ON billing.pay_line_cdrs
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION billing.refuse_closed_rows();
+CREATE TRIGGER pay_line_cdrs_frozen_delete AFTER DELETE ON billing.pay_line_cdrs
+  REFERENCING OLD TABLE AS old_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION billing.refuse_closed_rows();
 CREATE TRIGGER cdrs_frozen BEFORE UPDATE OR DELETE ON billing.cdrs
   FOR EACH ROW WHEN (OLD.answered_at IS NOT NULL)
   EXECUTE FUNCTION billing.refuse_closed_change();
