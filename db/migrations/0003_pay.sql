@@ -604,18 +604,46 @@ BEGIN
       ORDER BY l.agent_id, l.program, l.original_period NULLS FIRST,
                array_position(ARRAY['TALK','LATE','SALE'], l.code), l.rate;
   ELSIF p_format = 'gusto' THEN
-    -- Gusto's "import hours and earnings" CSV: one row per employee; talk pay (TALK and
-    -- LATE) goes to the custom earning column "piece_rate", sale commissions to commission.
-    RETURN NEXT billing.csv_line(ARRAY['last_name', 'first_name', 'employee_id',
-      'regular_hours', 'overtime_hours', 'bonus', 'commission', 'piece_rate']);
+    -- Gusto's payroll CSV upload: employees are matched by first_name and last_name, an
+    -- employee with several pay rates by title (the job), and custom earning types cannot be
+    -- uploaded. So talk pay travels as regular_hours of a job per program whose hourly rate in
+    -- Gusto is 60 times the per-minute rate (title program@rate where an agent had several
+    -- rates in one program that period), sale commissions as commission, and ringbid's own
+    -- amount in personal_note for reconciliation.
+    RETURN NEXT billing.csv_line(ARRAY['first_name', 'last_name', 'title', 'regular_hours',
+      'commission', 'personal_note']);
     RETURN QUERY
-      SELECT billing.csv_line(ARRAY[billing.last_name(coalesce(a.name, '')),
-               billing.first_name(coalesce(a.name, '')), l.agent_id::text, '', '', '',
-               to_char(sum(l.amount) FILTER (WHERE l.code = 'SALE'), 'FM9999999999990.00'),
-               to_char(sum(l.amount) FILTER (WHERE l.code <> 'SALE'), 'FM9999999999990.00')])
-      FROM billing.pay_lines_for(p_start, p_tz) l
-      LEFT JOIN roster.agents a ON a.id = l.agent_id
-      GROUP BY l.agent_id, a.name ORDER BY l.agent_id;
+      WITH l AS (SELECT * FROM billing.pay_lines_for(p_start, p_tz)),
+      talk AS (
+        SELECT agent_id, program, rate, sum(quantity) AS minutes, sum(amount) AS amount
+        FROM l WHERE code <> 'SALE' GROUP BY agent_id, program, rate),
+      rates AS (SELECT agent_id, program, count(*) AS n FROM talk GROUP BY agent_id, program),
+      sale AS (
+        SELECT agent_id, program, sum(amount) AS amount
+        FROM l WHERE code = 'SALE' GROUP BY agent_id, program),
+      r AS (
+        SELECT coalesce(t.agent_id, s.agent_id) AS agent_id,
+               coalesce(t.program, s.program) AS program, t.rate, t.minutes,
+               t.amount AS talk_amount,
+               CASE WHEN row_number() OVER (PARTITION BY coalesce(t.agent_id, s.agent_id),
+                                            coalesce(t.program, s.program)
+                                            ORDER BY t.rate) = 1
+                    THEN s.amount END AS commission
+        FROM talk t FULL JOIN sale s ON s.agent_id = t.agent_id AND s.program = t.program)
+      SELECT billing.csv_line(ARRAY[billing.first_name(coalesce(a.name, '')),
+               billing.last_name(coalesce(a.name, '')),
+               CASE WHEN coalesce(n.n, 1) > 1 THEN r.program || '@' || r.rate::text
+                    ELSE r.program END,
+               to_char(round(r.minutes / 60, 6), 'FM9999999990.000000'),
+               to_char(r.commission, 'FM9999999999990.00'),
+               CASE WHEN r.talk_amount IS NOT NULL
+                    THEN 'ringbid ' || r.agent_id::text || ': talk pay '
+                         || to_char(r.talk_amount, 'FM9999999999990.00') || ' at '
+                         || r.rate::text || ' per minute' END])
+      FROM r
+      LEFT JOIN rates n ON n.agent_id = r.agent_id AND n.program = r.program
+      LEFT JOIN roster.agents a ON a.id = r.agent_id
+      ORDER BY r.agent_id, r.program, r.rate NULLS LAST;
   ELSE
     RAISE EXCEPTION 'unknown payroll format "%" (csv, adp, paychex, gusto)', p_format
       USING ERRCODE = '22023';

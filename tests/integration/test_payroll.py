@@ -260,8 +260,14 @@ def test_csv_quoting_and_formula_neutralisation(st):
             for cell_ in row:
                 expect(not cell_ or cell_[0] not in "=+-@\t\r", "%s cell %r", fmt, cell_)
     text, _ = export(st, "2025-05-12", "gusto")
-    g = {r[2]: r for r in csv.reader(io.StringIO(text))}
-    expect_eq(g["5701"][6:8], ["1.00", "1.00"], "gusto commission and talk pay")
+    g = list(csv.reader(io.StringIO(text)))
+    expect_eq(g[0], ["first_name", "last_name", "title", "regular_hours", "commission",
+                     "personal_note"], "gusto header (Gusto's own column titles)")
+    mine = [r for r in g[1:] if "ringbid 5701:" in r[5]]
+    expect_eq(len(mine), 1, "one gusto row for agent 5701: %r" % g)
+    # 60 s of talk = 1/60 h at the job's hourly rate; the commission rides on the same row.
+    expect_eq(mine[0][2:5], ["nm", "0.016667", "1.00"], "gusto title, hours and commission")
+    expect("talk pay 1.00" in mine[0][5], "gusto note carries ringbid's amount: %r", mine[0])
     text, _ = export(st, "2025-05-12", "paychex")
     p = [r for r in csv.reader(io.StringIO(text)) if r[1] == "5701"]
     expect_eq([(r[4], r[8], r[10]) for r in p],
