@@ -43,7 +43,8 @@ LIB         := $(BUILD)/libringbid.a
 
 # Programs: folder under services/ -> binary in bin/.
 PROGRAMS    := broker:ringbid-broker auction:ringbid-auction presence:ringbid-presence \
-               billing:ringbid-billing agent:ringbid-agent cli:ringbid
+               billing:ringbid-billing agent:ringbid-agent cli:ringbid \
+               $(if $(wildcard services/sim/main.c),sim:ringbid-sim)
 prog_dir     = $(word 1,$(subst :, ,$(1)))
 prog_bin     = $(word 2,$(subst :, ,$(1)))
 svc_src      = $(filter-out %_test.c,$(wildcard services/$(1)/*.c))
@@ -141,5 +142,8 @@ format-check:
 
 clean:
 	rm -rf $(BUILD) $(BIN)
+
+# Rule fragments of optional parts (fuzzing, browser tests, ...), one file each.
+-include $(wildcard mk/*.mk)
 
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
