@@ -8,7 +8,13 @@ PKGS=(
   libpq-dev postgresql postgresql-client
   libsodium-dev libjansson-dev libcmocka-dev acl
   libbsd-dev uthash-dev python3 valgrind procps iproute2 util-linux curl ca-certificates
+  python3-yaml docker-compose chromium
 )
+# The wallboard's browser test drives chromium with playwright-core (npm). A Node.js from
+# elsewhere (with its own npm) is kept; otherwise Debian's npm brings Node.js 18.
+if ! command -v npm >/dev/null 2>&1; then
+  PKGS+=(npm)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
