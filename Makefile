@@ -14,7 +14,8 @@ OBJ     := $(BUILD)/obj
 
 PKGS    := libuv libprotobuf-c libpq libsodium jansson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnng -lpthread -lm
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnng -lmbedx509 -lmbedtls -lmbedcrypto \
+              -lpthread -lm
 
 WARN    := -Wall -Wextra -Werror -Wmissing-prototypes -Wshadow -Wno-unused-parameter \
            -Wformat=2 -Wvla

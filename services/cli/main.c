@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "certs.h"
 #include "cli.h"
 #include "rb_config.h"
 #include "rb_err.h"
@@ -30,6 +31,7 @@ static const command commands[] = {
         {"rate", cli_cmd_rate, "set, list pay rates per program and agent"},
         {"payroll", cli_cmd_payroll, "pay periods: list, close, export, explain"},
         {"token", cli_cmd_token, "create, list, revoke API tokens (finance, supervisor)"},
+        {"certs", cli_cmd_certs, "certs dev: a private CA and presence's TLS certificate"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

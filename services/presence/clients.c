@@ -7,6 +7,7 @@
 
 #include "clients.h"
 #include "rb_bus.h"
+#include "rb_config.h"
 #include "rb_err.h"
 #include "rb_log.h"
 #include "rb_pb.h"
@@ -584,17 +585,45 @@ static int setup_tls(presence_clients *cl, const char *cert_file, const char *ke
 	return rv;
 }
 
+bool presence_clients_loopback(const char *url)
+{
+	static const char *const local[] = {"tcp://127.", "tcp://[::1]:", "tcp://localhost:",
+	                                    "tcp4://127.", "tcp6://[::1]:", "ipc://", "inproc://"};
+	for (size_t i = 0; i < sizeof local / sizeof local[0]; i++) {
+		if (strncmp(url, local[i], strlen(local[i])) == 0)
+			return true;
+	}
+	return false;
+}
+
 static int listen_one(presence_clients *cl, const char *url, const char *cert_file,
                       const char *key_file)
 {
+	bool plaintext_ok = false;
+
 	if (strncmp(url, "tls+tcp://", 10) == 0) {
 		int rv = setup_tls(cl, cert_file, key_file);
 		if (rv != 0)
 			return rv;
-	} else if (strncmp(url, "tcp://127.", 10) != 0 && strncmp(url, "tcp://[::1]", 11) != 0 &&
-	           strncmp(url, "tcp://localhost", 15) != 0 && strncmp(url, "ipc://", 6) != 0 &&
-	           strncmp(url, "inproc://", 9) != 0) {
-		rb_warn("agent link on %s is not encrypted: use tls+tcp:// beyond loopback", url);
+	} else if (presence_clients_loopback(url)) {
+		rb_info("agent link on %s is plain TCP: allowed on loopback only", url);
+	} else if (rb_config_bool("RINGBID_PRESENCE_ALLOW_PLAINTEXT", false, &plaintext_ok) != 0) {
+		rb_error("RINGBID_PRESENCE_ALLOW_PLAINTEXT: not a yes/no value");
+		return RB_ECONFIG;
+	} else if (plaintext_ok) {
+		// Behind a proxy that terminates TLS for the agents (stunnel, a TCP load balancer):
+		// the operator says so explicitly, and the log says it on every start.
+		rb_warn("agent link on %s is plain TCP beyond loopback "
+		        "(RINGBID_PRESENCE_ALLOW_PLAINTEXT): agents' traffic must be encrypted "
+		        "before it reaches this port",
+		        url);
+	} else {
+		// Agents log in with secrets and carry session tokens from home networks: never in
+		// clear text over a real network.
+		rb_error("agent link on %s refused: plain TCP is allowed on loopback only; use "
+		         "tls+tcp:// with RINGBID_PRESENCE_TLS_CERT and RINGBID_PRESENCE_TLS_KEY",
+		         url);
+		return RB_ECONFIG;
 	}
 	return rb_bus_listen(cl->bus, url);
 }

@@ -18,6 +18,9 @@ typedef struct presence_clients presence_clients;
 // event has been handled. On success *out is the caller's (presence_clients_free).
 int presence_clients_new(uv_loop_t *loop, presence_core *core, uint32_t max_fails,
                          void (*after)(void *arg), void *arg, presence_clients **out);
+// True when url is a loopback or local address, the only place the agent link may run without
+// TLS (unless RINGBID_PRESENCE_ALLOW_PLAINTEXT says a proxy terminates TLS in front).
+bool presence_clients_loopback(const char *url);
 // Listens on url. A tls+tcp:// url needs cert_file and key_file (PEM files: the certificate
 // chain and its unencrypted private key, ECDSA for mbedTLS 2.28); they are ignored otherwise.
 // Returns 0 or a code (RB_EBUSY: address in use, RB_ECONFIG: TLS files missing or unusable).

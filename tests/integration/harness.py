@@ -403,7 +403,10 @@ class Stack:
             "RINGBID_HEARTBEAT_MS": "500",
             "RINGBID_HEARTBEAT_TIMEOUT_MS": "3000",
         })
-        env.update(self.extra_env)
+        # A value may name a port of this stack's block: "tcp://127.0.0.1:{p[5]}".
+        ports = {i: self.port_base + i for i in range(100)}
+        env.update({k: (v.format(p=ports) if "{p[" in v else v)
+                    for k, v in self.extra_env.items()})
         self.env = env
         print("# stack %s home=%s port_base=%d" % (self.name, self.home, self.port_base),
               flush=True)
@@ -887,7 +890,7 @@ def _report_sanitizer(stack):
     return 1
 
 
-def run_tests(module_globals, stack_name):
+def run_tests(module_globals, stack_name, stack_env=None):
     """Runs the file's test_* functions in order; each gets a Stack (shared unless marked).
 
     Command-line arguments, if any, select tests by substring. Exits 0 only if all passed.
@@ -920,7 +923,7 @@ def run_tests(module_globals, stack_name):
                     if shared_error is not None:
                         raise TestFailure("the shared stack did not start: " + shared_error)
                     if shared is None:
-                        shared = Stack(stack_name)
+                        shared = Stack(stack_name, extra_env=stack_env)
                         try:
                             shared.start()
                         except Exception as e:
