@@ -587,8 +587,9 @@ static int setup_tls(presence_clients *cl, const char *cert_file, const char *ke
 
 bool presence_clients_loopback(const char *url)
 {
-	static const char *const local[] = {"tcp://127.", "tcp://[::1]:", "tcp://localhost:",
-	                                    "tcp4://127.", "tcp6://[::1]:", "ipc://", "inproc://"};
+	static const char *const local[] = {
+	        "tcp://127.",    "tcp://[::1]:", "tcp://localhost:", "tcp4://127.",
+	        "tcp6://[::1]:", "ipc://",       "inproc://"};
 	for (size_t i = 0; i < sizeof local / sizeof local[0]; i++) {
 		if (strncmp(url, local[i], strlen(local[i])) == 0)
 			return true;
