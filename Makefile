@@ -66,6 +66,7 @@ BENCH_SRC   := $(wildcard bench/*.c)
 BENCH_BINS  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all deps check demo bench unit integration clean format format-check
+CHECK_BINS  :=
 .SECONDARY:
 
 all: $(BINS) $(TOOL_BINS)
@@ -124,8 +125,8 @@ $(BUILD)/bench/%: $(OBJ)/bench/%.o $(call svc_lib_obj,auction) $(LIB)
 unit: all $(UNIT_BINS)
 
 check: deps
-	@$(MAKE) --no-print-directory all $(UNIT_BINS)
-	@./tests/run.sh $(UNIT_BINS)
+	@$(MAKE) --no-print-directory all $(UNIT_BINS) $(CHECK_BINS)
+	@./tests/run.sh $(UNIT_BINS) $(CHECK_BINS)
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -136,10 +137,10 @@ bench: deps
 	@./bench/run.sh
 
 format:
-	clang-format -i $(wildcard common/*.[ch] services/*/*.[ch] tests/tools/*.c bench/*.c)
+	clang-format -i $(wildcard common/*.[ch] services/*/*.[ch] tests/tools/*.c bench/*.c fuzz/*.[ch])
 
 format-check:
-	clang-format --dry-run --Werror $(wildcard common/*.[ch] services/*/*.[ch] tests/tools/*.c bench/*.c)
+	clang-format --dry-run --Werror $(wildcard common/*.[ch] services/*/*.[ch] tests/tools/*.c bench/*.c fuzz/*.[ch])
 
 clean:
 	rm -rf $(BUILD) $(BIN)

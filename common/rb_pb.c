@@ -30,6 +30,47 @@ int rb_pb_pack(const ProtobufCMessage *m, size_t limit, nng_msg **out)
 	return 0;
 }
 
+// protobuf-c 1.4.1 keeps a field numbered 0 written as an overlong varint ("80 00") as an
+// unknown field, although field 0 is invalid and the same message packed again no longer
+// decodes. Such bytes come only from a broken or hostile peer: refuse them, so that everything
+// accepted also survives being packed again (billing hashes CDRs by their encoding). Proto
+// types here are not recursive, so the walk is bounded by the schema's depth.
+static bool has_field_zero(const ProtobufCMessage *m)
+{
+	for (unsigned i = 0; i < m->n_unknown_fields; i++) {
+		if (m->unknown_fields[i].tag == 0)
+			return true;
+	}
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		const char *base = (const char *)m;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			size_t n = *(const size_t *)(base + f->quantifier_offset);
+			ProtobufCMessage *const *sub =
+			        *(ProtobufCMessage *const *const *)(base + f->offset);
+			for (size_t k = 0; k < n; k++) {
+				if (sub[k] != NULL && has_field_zero(sub[k]))
+					return true;
+			}
+		} else {
+			const ProtobufCMessage *sub =
+			        *(ProtobufCMessage *const *)(base + f->offset);
+			// A oneof member's pointer is only meaningful while its case is selected.
+			if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+				uint32_t which = *(const uint32_t *)(base + f->quantifier_offset);
+				if (which != f->id)
+					continue;
+			}
+			if (sub != NULL && has_field_zero(sub))
+				return true;
+		}
+	}
+	return false;
+}
+
 int rb_pb_unpack(const ProtobufCMessageDescriptor *d, const void *buf, size_t len, size_t limit,
                  ProtobufCMessage **out)
 {
@@ -44,6 +85,10 @@ int rb_pb_unpack(const ProtobufCMessageDescriptor *d, const void *buf, size_t le
 	m = protobuf_c_message_unpack(d, NULL, len, len > 0 ? buf : (const uint8_t *)"");
 	if (m == NULL)
 		return RB_EDECODE;
+	if (has_field_zero(m)) {
+		protobuf_c_message_free_unpacked(m, NULL);
+		return RB_EDECODE;
+	}
 	*out = m;
 	return 0;
 }

@@ -145,6 +145,31 @@ static void test_malformed_refused(void **state)
 	rb_pb_free(NULL);
 }
 
+// Field number 0 in an overlong varint tag: protobuf-c keeps it as an unknown field, but the
+// message would not decode once packed again. Refused at the top level and nested.
+static void test_field_zero_refused(void **state)
+{
+	(void)state;
+	ProtobufCMessage *m = (ProtobufCMessage *)0x1;
+	static const uint8_t top[] = {0x80, 0x00, 0x09};
+	assert_int_equal(rb_pb_unpack(&ringbid__call_request__descriptor, top, sizeof top,
+	                              RB_PB_MAX_DEFAULT, &m),
+	                 RB_EDECODE);
+	assert_null(m);
+	// CallRequest.arrived (field 10) holding {call_id "c", field 0 = 9}.
+	static const uint8_t nested[] = {0x52, 0x06, 0x0a, 0x01, 'c', 0x80, 0x00, 0x09};
+	assert_int_equal(rb_pb_unpack(&ringbid__call_request__descriptor, nested, sizeof nested,
+	                              RB_PB_MAX_DEFAULT, &m),
+	                 RB_EDECODE);
+	// Unknown fields with real numbers are kept: a newer peer may send them.
+	static const uint8_t newer_ok[] = {0x52, 0x06, 0x0a, 0x01, 'c', 0xf8, 0x07, 0x01};
+	assert_int_equal(rb_pb_unpack(&ringbid__call_request__descriptor, newer_ok, sizeof newer_ok,
+	                              RB_PB_MAX_DEFAULT, &m),
+	                 0);
+	assert_non_null(m);
+	rb_pb_free(m);
+}
+
 static void test_valid_id(void **state)
 {
 	char longid[70];
@@ -202,6 +227,7 @@ int main(void)
 	        cmocka_unit_test(test_oversize_pack_refused),
 	        cmocka_unit_test(test_oversize_unpack_refused),
 	        cmocka_unit_test(test_malformed_refused),
+	        cmocka_unit_test(test_field_zero_refused),
 	        cmocka_unit_test(test_valid_id),
 	        cmocka_unit_test(test_valid_text),
 	};
