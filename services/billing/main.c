@@ -1,9 +1,11 @@
-// ringbid-billing: stores every CDR exactly once in PostgreSQL and acknowledges it to the broker.
+// ringbid-billing: stores every CDR and call outcome exactly once in PostgreSQL, acknowledges them
+// to the broker, and recomputes agents' scores on a schedule.
 #include <stdlib.h>
 #include <string.h>
 
 #include "http.h"
 #include "ingest.h"
+#include "scores.h"
 #include "rb_bus.h"
 #include "rb_config.h"
 #include "rb_db.h"
@@ -18,8 +20,9 @@
 static const char USAGE[] =
         "usage: ringbid-billing [--help] [--version]\n"
         "\n"
-        "Stores call detail records sent by the broker in PostgreSQL, exactly once each,\n"
-        "and acknowledges them only after they are committed.\n"
+        "Stores call detail records and call outcomes sent by the broker in PostgreSQL,\n"
+        "exactly once each, and acknowledges them only after they are committed. Recomputes\n"
+        "agents' performance scores on a schedule (docs/scores.md).\n"
         "\n"
         "environment:\n"
         "  RINGBID_BILLING_URL      CDR socket to listen on (default tcp://127.0.0.1:<base+6>)\n"
@@ -28,6 +31,10 @@ static const char USAGE[] =
         "  RINGBID_SERVICE_TOKEN    shared service token (or RINGBID_SERVICE_TOKEN_FILE)\n"
         "  RINGBID_PORT_BASE        base of the default ports (default 7100)\n"
         "  RINGBID_PAY_TZ           the pay periods' time zone (default UTC)\n"
+        "  RINGBID_SCORE_INTERVAL_S seconds between score recomputes (default 300; 0: never)\n"
+        "  RINGBID_SCORE_WINDOW_DAYS  days of calls a score covers (default 30)\n"
+        "  RINGBID_SCORE_MIN_CALLS  calls in the window before an agent has its own overall\n"
+        "                           score rather than a provisional one (default 20)\n"
         "\n"
         "HTTP (Authorization: Bearer <token>):\n"
         "  GET /payroll/export?period=YYYY-MM-DD&format=csv|adp|paychex|gusto   finance tokens\n"
@@ -37,11 +44,24 @@ typedef struct billing {
 	rb_svc svc;
 	rb_bus *cdrs;
 	rb_db *db;
+	// A recompute can read a month of calls: it gets a connection of its own so that CDR
+	// batches and outcomes never wait behind it.
+	rb_db *score_db;
 	billing_http money;
+	billing_scores scores;
 	bool schema_ok;
 	rb_metric *m_stored, *m_quarantined, *m_refused, *m_batches, *m_failed, *m_refused_msgs;
 	rb_metric *m_latency;
+	rb_metric *m_outcomes, *m_outcome_dups, *m_outcomes_refused, *m_outcomes_failed;
 } billing;
+
+// The outcomes of one RecordOutcomes request on their way through PostgreSQL.
+typedef struct outcome_req {
+	billing *b;
+	rb_bus_req *req;
+	size_t n;
+	char call_id[65];
+} outcome_req;
 
 // One batch on its way through PostgreSQL.
 typedef struct batch {
@@ -133,6 +153,112 @@ out:
 	free(bt);
 }
 
+static void on_outcomes_stored(rb_db *db, int err, const PGresult *res, const char *sqlstate,
+                               void *arg)
+{
+	outcome_req *o = arg;
+	billing *b = o->b;
+	Ringbid__CdrAck ack = RINGBID__CDR_ACK__INIT;
+	Ringbid__OutcomeAck *acks = NULL, **ptrs = NULL;
+	nng_msg *msg;
+	int rows, code;
+
+	if (err != 0) {
+		const char *text = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+
+		code = billing_outcome_refusal(sqlstate);
+		if (code != 0 && text != NULL) {
+			rb_metric_inc(b->m_outcomes_refused);
+			rb_logf(RB_LOG_WARN, o->call_id, 0, "outcomes refused: %s", text);
+			reply_error(o->req, code, text);
+		} else {
+			rb_metric_inc(b->m_outcomes_failed);
+			rb_logf(RB_LOG_ERROR, o->call_id, 0,
+			        "storing %zu outcome(s) failed (sqlstate %s): %s; the broker will "
+			        "resend",
+			        o->n, sqlstate, text ? text : rb_err_str(err));
+			reply_error(o->req, RB_EDB, "outcomes not stored; send again");
+		}
+		free(o);
+		update_ready(b);
+		return;
+	}
+	rows = PQntuples(res);
+	acks = calloc((size_t)rows + 1, sizeof(*acks));
+	ptrs = calloc((size_t)rows + 1, sizeof(*ptrs));
+	if (acks == NULL || ptrs == NULL) {
+		reply_error(o->req, RB_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < rows; i++) {
+		ringbid__outcome_ack__init(&acks[i]);
+		acks[i].call_id = PQgetvalue(res, i, 0);
+		acks[i].kind = billing_outcome_kind_of(PQgetvalue(res, i, 1));
+		acks[i].reviewer = PQgetvalue(res, i, 2);
+		acks[i].duplicate = strcmp(PQgetvalue(res, i, 3), "t") == 0;
+		rb_metric_inc(acks[i].duplicate ? b->m_outcome_dups : b->m_outcomes);
+		rb_logf(RB_LOG_INFO, o->call_id, 0, "outcome %s%s%s %s", PQgetvalue(res, i, 1),
+		        acks[i].reviewer[0] ? " by " : "", acks[i].reviewer,
+		        acks[i].duplicate ? "already stored" : "stored");
+		ptrs[i] = &acks[i];
+	}
+	ack.n_outcomes = (size_t)rows;
+	ack.outcomes = ptrs;
+	if (rb_pb_pack(&ack.base, RB_PB_MAX_SERVICE, &msg) != 0)
+		reply_error(o->req, RB_ETOOBIG, "acknowledgement too large");
+	else
+		rb_bus_reply(o->req, msg);
+out:
+	free(acks);
+	free(ptrs);
+	free(o);
+}
+
+// A CdrBatch carrying the outcomes of one RecordOutcomes request: checked here, checked again
+// and stored (all or none) by billing.record_outcomes.
+static void on_outcomes(billing *b, rb_bus_req *req, const Ringbid__CdrBatch *in)
+{
+	char why[256], *json = NULL;
+	outcome_req *o;
+	int rv;
+
+	rv = billing_outcomes_check(in->outcomes, in->n_outcomes, rb_now_us(), why, sizeof(why));
+	if (rv != 0) {
+		rb_metric_inc(b->m_outcomes_refused);
+		rb_logf(RB_LOG_WARN,
+		        in->outcomes[0] && rb_valid_id(in->outcomes[0]->call_id, 64)
+		                ? in->outcomes[0]->call_id
+		                : NULL,
+		        0, "outcomes refused: %s", why);
+		reply_error(req, rv, why);
+		return;
+	}
+	if (!rb_db_connected(b->db)) {
+		reply_error(req, RB_EDB, "database unavailable; send again");
+		return;
+	}
+	if (billing_outcomes_json(in->outcomes, in->n_outcomes, &json) != 0 ||
+	    (o = calloc(1, sizeof(*o))) == NULL) {
+		free(json);
+		reply_error(req, RB_ENOMEM, "out of memory");
+		return;
+	}
+	o->b = b;
+	o->req = req;
+	o->n = in->n_outcomes;
+	snprintf(o->call_id, sizeof(o->call_id), "%s", in->outcomes[0]->call_id);
+	{
+		const char *params[1] = {json};
+
+		rv = rb_db_query(b->db, BILLING_OUTCOMES_SQL, 1, params, on_outcomes_stored, o);
+	}
+	free(json);
+	if (rv != 0) {
+		free(o);
+		reply_error(req, rv, "could not queue the outcomes");
+	}
+}
+
 static void on_batch(rb_bus *bus, rb_bus_req *req, nng_msg *msg, void *arg)
 {
 	billing *b = arg;
@@ -159,6 +285,16 @@ static void on_batch(rb_bus *bus, rb_bus_req *req, nng_msg *msg, void *arg)
 	if (in->n_cdrs > BILLING_MAX_BATCH) {
 		rb_metric_inc(b->m_refused_msgs);
 		reply_error(req, RB_ETOOBIG, "too many CDRs in one batch");
+		goto done;
+	}
+	if (in->n_cdrs > 0 && in->n_outcomes > 0) {
+		rb_metric_inc(b->m_refused_msgs);
+		rb_warn("refused a batch carrying both CDRs and outcomes");
+		reply_error(req, RB_EINVAL, "a batch carries CDRs or outcomes, never both");
+		goto done;
+	}
+	if (in->n_outcomes > 0) {
+		on_outcomes(b, req, in);
 		goto done;
 	}
 	if (in->n_cdrs == 0) {
@@ -224,6 +360,8 @@ static void on_janitor(rb_svc *svc, void *arg)
 	if (!b->schema_ok && rb_db_connected(b->db) && rb_db_pending(b->db) == 0)
 		on_db_up(b->db, b);
 	update_ready(b);
+	if (b->schema_ok && !svc->stopping)
+		billing_scores_tick(&b->scores, rb_mono_us());
 }
 
 static void on_stop(rb_svc *svc, void *arg)
@@ -235,6 +373,8 @@ static void on_stop(rb_svc *svc, void *arg)
 	b->cdrs = NULL;
 	rb_db_free(b->db);
 	b->db = NULL;
+	rb_db_free(b->score_db);
+	b->score_db = NULL;
 	rb_svc_close_handles(svc);
 }
 
@@ -254,6 +394,16 @@ static void make_metrics(billing *b)
 	                                 "CDR batches that PostgreSQL did not commit");
 	b->m_refused_msgs = rb_metrics_counter("ringbid_messages_refused_total", "link=\"cdrs\"",
 	                                       "messages refused as malformed or unauthorised");
+	b->m_outcomes =
+	        rb_metrics_counter("ringbid_outcomes_stored_total", NULL,
+	                           "call outcomes stored (surveys, resolutions, sales, QA)");
+	b->m_outcome_dups = rb_metrics_counter("ringbid_outcomes_duplicate_total", NULL,
+	                                       "call outcomes received again: nothing changed");
+	b->m_outcomes_refused =
+	        rb_metrics_counter("ringbid_outcomes_refused_total", NULL,
+	                           "outcome requests refused (bad field, unknown call, conflict)");
+	b->m_outcomes_failed = rb_metrics_counter("ringbid_outcomes_failed_total", NULL,
+	                                          "outcome requests PostgreSQL did not commit");
 	b->m_latency = rb_metrics_histogram("ringbid_cdr_batch_seconds", NULL,
 	                                    "time to commit one CDR batch", lat,
 	                                    sizeof(lat) / sizeof(lat[0]));
@@ -282,6 +432,16 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	rb_db_on_up(b.db, on_db_up, &b);
+	if ((rv = rb_db_new(&b.svc.loop, conninfo, &b.score_db)) != 0 ||
+	    (rv = billing_scores_init(&b.scores, &b.score_db, rb_mono_us())) != 0) {
+		rb_error("cannot set up the score recompute: %s", rb_err_str(rv));
+		return 1;
+	}
+	if (b.scores.interval_us > 0)
+		rb_info("recomputing scores every %llu s over the last %d days",
+		        (unsigned long long)(b.scores.interval_us / 1000000), b.scores.window_days);
+	else
+		rb_info("scheduled score recompute is off (RINGBID_SCORE_INTERVAL_S=0)");
 
 	char tz[BILLING_TZ_MAX + 1];
 	if ((rv = rb_config_str("RINGBID_PAY_TZ", "UTC", tz, sizeof(tz))) != 0 ||
