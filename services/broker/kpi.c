@@ -136,3 +136,111 @@ int broker_kpi_json(const Ringbid__Kpis *k, char **out)
 	json_decref(o);
 	return *out ? 0 : RB_ENOMEM;
 }
+
+// --- the wallboard's rolling window --------------------------------------------------------
+
+uint64_t broker_kpi_outcome(const broker_call *c, broker_kpi_tally *t)
+{
+	if (c->answered_us != 0) {
+		uint64_t delay =
+		        c->answered_us > c->arrived_us ? c->answered_us - c->arrived_us : 0;
+		t->answered++;
+		t->answer_delay_sum_us += delay;
+		if (delay <= BROKER_KPI_SERVICE_LEVEL_US)
+			t->answered_in_sl++;
+		return c->answered_us;
+	}
+	if (c->state != BROKER_CALL_ENDED)
+		return 0;
+	uint64_t waited = c->ended_us > c->arrived_us ? c->ended_us - c->arrived_us : 0;
+	switch (c->disposition) {
+	case BROKER_DISP_ABANDONED:
+		t->abandoned++;
+		if (waited <= BROKER_KPI_SERVICE_LEVEL_US)
+			t->abandoned_in_sl++;
+		break;
+	case BROKER_DISP_OVERFLOW:
+		t->overflow++;
+		break;
+	default:
+		// Completed without an answer time cannot happen; count nothing rather than guess.
+		return 0;
+	}
+	return c->ended_us ? c->ended_us : c->arrived_us;
+}
+
+void broker_kpi_tally_add(broker_kpi_tally *to, const broker_kpi_tally *from)
+{
+	to->answered += from->answered;
+	to->answered_in_sl += from->answered_in_sl;
+	to->answer_delay_sum_us += from->answer_delay_sum_us;
+	to->abandoned += from->abandoned;
+	to->abandoned_in_sl += from->abandoned_in_sl;
+	to->overflow += from->overflow;
+}
+
+bool broker_kpi_window_add(broker_kpi_window *w, const broker_call *c, uint64_t now_us)
+{
+	broker_kpi_tally t;
+	memset(&t, 0, sizeof(t));
+	uint64_t at = broker_kpi_outcome(c, &t);
+	if (at == 0)
+		return false;
+	if (at > now_us)
+		at = now_us; // a clock that stepped back: the outcome is news now
+	uint64_t minute = at / BROKER_KPI_MINUTE_US;
+	uint64_t now_minute = now_us / BROKER_KPI_MINUTE_US;
+	if (minute + BROKER_KPI_WINDOW_MIN <= now_minute)
+		return false; // left the line before the window
+	broker_kpi_slot *s = &w->slot[minute % BROKER_KPI_WINDOW_MIN];
+	if (s->minute != minute + 1) {
+		if (s->minute > minute + 1)
+			return false; // the slot already holds a later minute: this one is past
+		memset(s, 0, sizeof(*s));
+		s->minute = minute + 1;
+	}
+	broker_kpi_tally_add(&s->t, &t);
+	return true;
+}
+
+void broker_kpi_window_sum(const broker_kpi_window *w, uint64_t now_us, broker_kpi_tally *out)
+{
+	memset(out, 0, sizeof(*out));
+	uint64_t now_minute = now_us / BROKER_KPI_MINUTE_US;
+	for (int i = 0; i < BROKER_KPI_WINDOW_MIN; i++) {
+		const broker_kpi_slot *s = &w->slot[i];
+		if (s->minute == 0)
+			continue;
+		uint64_t minute = s->minute - 1;
+		if (minute <= now_minute && minute + BROKER_KPI_WINDOW_MIN > now_minute)
+			broker_kpi_tally_add(out, &s->t);
+	}
+}
+
+bool broker_kpi_service_level(const broker_kpi_tally *t, double *out)
+{
+	uint64_t late_abandons =
+	        t->abandoned > t->abandoned_in_sl ? t->abandoned - t->abandoned_in_sl : 0;
+	uint64_t den = t->answered + late_abandons + t->overflow;
+	if (den == 0)
+		return false;
+	*out = (double)t->answered_in_sl / (double)den;
+	return true;
+}
+
+bool broker_kpi_abandon_rate(const broker_kpi_tally *t, double *out)
+{
+	uint64_t den = t->answered + t->abandoned + t->overflow;
+	if (den == 0)
+		return false;
+	*out = (double)t->abandoned / (double)den;
+	return true;
+}
+
+bool broker_kpi_tally_asa_ms(const broker_kpi_tally *t, uint64_t *out)
+{
+	if (t->answered == 0)
+		return false;
+	*out = t->answer_delay_sum_us / t->answered / 1000u;
+	return true;
+}

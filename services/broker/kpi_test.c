@@ -161,6 +161,116 @@ static void test_fill_and_json(void **state)
 	free(text);
 }
 
+// A call with the times and outcome given (only the fields the window reads).
+static broker_call outcome_call(broker_call_state st, broker_disposition disp, uint64_t arrived,
+                                uint64_t answered, uint64_t ended)
+{
+	broker_call c;
+	memset(&c, 0, sizeof(c));
+	c.state = st;
+	c.disposition = disp;
+	c.arrived_us = arrived;
+	c.answered_us = answered;
+	c.ended_us = ended;
+	return c;
+}
+
+static void test_outcomes(void **state)
+{
+	(void)state;
+	broker_kpi_tally t;
+	memset(&t, 0, sizeof(t));
+	broker_call c = outcome_call(BROKER_CALL_QUEUED, BROKER_DISP_NONE, T0, 0, 0);
+	assert_int_equal(broker_kpi_outcome(&c, &t), 0); // still waiting: no outcome
+	c = outcome_call(BROKER_CALL_CONNECTED, BROKER_DISP_NONE, T0, T0 + 20 * SEC, 0);
+	assert_int_equal(broker_kpi_outcome(&c, &t), T0 + 20 * SEC); // 20 s exactly: in time
+	c = outcome_call(BROKER_CALL_ENDED, BROKER_DISP_COMPLETED, T0, T0 + 20 * SEC + 1,
+	                 T0 + 90 * SEC);
+	assert_int_equal(broker_kpi_outcome(&c, &t), T0 + 20 * SEC + 1); // counted at the answer
+	c = outcome_call(BROKER_CALL_ENDED, BROKER_DISP_ABANDONED, T0, 0, T0 + 20 * SEC);
+	assert_int_equal(broker_kpi_outcome(&c, &t), T0 + 20 * SEC);
+	c = outcome_call(BROKER_CALL_ENDED, BROKER_DISP_ABANDONED, T0, 0, T0 + 21 * SEC);
+	broker_kpi_outcome(&c, &t);
+	c = outcome_call(BROKER_CALL_ENDED, BROKER_DISP_OVERFLOW, T0, 0, T0 + 5 * SEC);
+	broker_kpi_outcome(&c, &t);
+	assert_int_equal(t.answered, 2);
+	assert_int_equal(t.answered_in_sl, 1);
+	assert_int_equal(t.answer_delay_sum_us, 40 * SEC + 1);
+	assert_int_equal(t.abandoned, 2);
+	assert_int_equal(t.abandoned_in_sl, 1);
+	assert_int_equal(t.overflow, 1);
+
+	// SL = 1 in time / (2 answered + 1 late abandon + 1 overflow); the short abandon is out.
+	double v = -1;
+	assert_true(broker_kpi_service_level(&t, &v));
+	assert_true(v == 0.25);
+	// Abandon rate = 2 / (2 + 2 + 1).
+	assert_true(broker_kpi_abandon_rate(&t, &v));
+	assert_true(v == 0.4);
+	uint64_t asa = 0;
+	assert_true(broker_kpi_tally_asa_ms(&t, &asa));
+	assert_int_equal(asa, 20000);
+
+	broker_kpi_tally none;
+	memset(&none, 0, sizeof(none));
+	assert_false(broker_kpi_service_level(&none, &v));
+	assert_false(broker_kpi_abandon_rate(&none, &v));
+	assert_false(broker_kpi_tally_asa_ms(&none, &asa));
+	// Only short abandons: nothing to measure service level on, but an abandon rate of 1.
+	none.abandoned = none.abandoned_in_sl = 3;
+	assert_false(broker_kpi_service_level(&none, &v));
+	assert_true(broker_kpi_abandon_rate(&none, &v));
+	assert_true(v == 1.0);
+}
+
+#define MIN (60 * SEC)
+
+static void test_window_rolls(void **state)
+{
+	(void)state;
+	broker_kpi_window w;
+	memset(&w, 0, sizeof(w));
+	broker_kpi_tally t;
+	uint64_t now = (T0 / MIN) * MIN + 30 * SEC; // half past a minute
+	broker_call c = outcome_call(BROKER_CALL_CONNECTED, BROKER_DISP_NONE, now - 70 * MIN,
+	                             now - 61 * MIN, 0);
+	assert_false(broker_kpi_window_add(&w, &c, now)); // left the line before the window
+	c.answered_us = now - 59 * MIN - 30 * SEC;        // the oldest minute still in
+	c.arrived_us = c.answered_us - 10 * SEC;
+	assert_true(broker_kpi_window_add(&w, &c, now));
+	c = outcome_call(BROKER_CALL_ENDED, BROKER_DISP_ABANDONED, now - 2 * MIN, 0, now - MIN);
+	assert_true(broker_kpi_window_add(&w, &c, now));
+	c = outcome_call(BROKER_CALL_ENDED, BROKER_DISP_OVERFLOW, now - 10 * MIN, 0, now + MIN);
+	assert_true(broker_kpi_window_add(&w, &c, now)); // a time ahead of now counts as now
+	c = outcome_call(BROKER_CALL_QUEUED, BROKER_DISP_NONE, now, 0, 0);
+	assert_false(broker_kpi_window_add(&w, &c, now));
+
+	broker_kpi_window_sum(&w, now, &t);
+	assert_int_equal(t.answered, 1);
+	assert_int_equal(t.answered_in_sl, 1);
+	assert_int_equal(t.abandoned, 1);
+	assert_int_equal(t.abandoned_in_sl, 0); // waited a minute
+	assert_int_equal(t.overflow, 1);
+
+	// A minute later the oldest minute has left the window.
+	broker_kpi_window_sum(&w, now + MIN, &t);
+	assert_int_equal(t.answered, 0);
+	assert_int_equal(t.abandoned, 1);
+	assert_int_equal(t.overflow, 1);
+	// An hour later nothing is left, and a slot is reused for its new minute.
+	broker_kpi_window_sum(&w, now + 60 * MIN, &t);
+	assert_int_equal(t.abandoned + t.overflow + t.answered, 0);
+	c = outcome_call(BROKER_CALL_ENDED, BROKER_DISP_ABANDONED, now + 59 * MIN, 0,
+	                 now + 59 * MIN);
+	assert_true(broker_kpi_window_add(&w, &c, now + 60 * MIN));
+	broker_kpi_window_sum(&w, now + 60 * MIN, &t);
+	assert_int_equal(t.abandoned, 1);
+	assert_int_equal(t.abandoned_in_sl, 1);
+	// An outcome of the minute that slot held before is past, not added to the new minute.
+	c = outcome_call(BROKER_CALL_ENDED, BROKER_DISP_OVERFLOW, now - MIN, 0, now - MIN);
+	assert_false(broker_kpi_window_add(&w, &c, now + 60 * MIN));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -168,6 +278,8 @@ int main(void)
 	        cmocka_unit_test(test_longest_wait),
 	        cmocka_unit_test(test_transitions),
 	        cmocka_unit_test(test_fill_and_json),
+	        cmocka_unit_test(test_outcomes),
+	        cmocka_unit_test(test_window_rolls),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
