@@ -138,6 +138,15 @@ json_t *cli_kpis_json(const Ringbid__Kpis *k)
 	return o;
 }
 
+// Which score the auction compared: "program" (the agent's score in the call's program) or
+// "overall"; "" when the auction did not say (an auction older than program scores).
+static const char *basis(const char *b)
+{
+	if (b && (strcmp(b, "program") == 0 || strcmp(b, "overall") == 0))
+		return b;
+	return "";
+}
+
 json_t *cli_explain_json(const Ringbid__ExplainReply *e, uint64_t now_us)
 {
 	Ringbid__CallInfo empty = RINGBID__CALL_INFO__INIT;
@@ -158,12 +167,16 @@ json_t *cli_explain_json(const Ringbid__ExplainReply *e, uint64_t now_us)
 			break;
 		json_object_set_new(j, "agent_id", json_integer((json_int_t)d->agent_id));
 		json_object_set_new(j, "score", json_real(d->score));
+		json_object_set_new(j, "score_basis", json_string(basis(d->score_basis)));
 		json_object_set_new(j, "runner_up_id", json_integer((json_int_t)d->runner_up_id));
 		json_object_set_new(j, "runner_up_score", json_real(d->runner_up_score));
+		json_object_set_new(j, "runner_up_basis",
+		                    json_string(d->runner_up_id ? basis(d->runner_up_basis) : ""));
 		json_object_set_new(j, "eligible", json_integer(d->eligible));
 		json_object_set_new(j, "reason", json_string(safe(d->reason)));
 		json_object_set_new(j, "exploratory", json_boolean(d->exploratory));
 		json_object_set_new(j, "at", time_json(d->at_us));
+		json_object_set_new(j, "available_since", time_json(d->available_since_us));
 		json_array_append_new(decisions, j);
 	}
 	for (size_t i = 0; i < e->n_excluded; i++)
@@ -175,7 +188,9 @@ json_t *cli_explain_json(const Ringbid__ExplainReply *e, uint64_t now_us)
 
 static void print_json(json_t *j, size_t flags)
 {
-	char *s = j ? json_dumps(j, flags | JSON_PRESERVE_ORDER) : NULL;
+	// Scores and weights are numeric(5,2) and numeric(4,3) in PostgreSQL: 15 significant
+	// digits print them as stored (0.3, not 0.29999999999999999).
+	char *s = j ? json_dumps(j, flags | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15)) : NULL;
 
 	if (s) {
 		puts(s);
@@ -188,13 +203,7 @@ static void print_json(json_t *j, size_t flags)
 // ---------------------------------------------------------------------------------------------
 // The broker connection
 
-typedef struct broker {
-	nng_socket sock;
-	char url[512];
-	char token[256];
-} broker;
-
-static int broker_open(broker *b)
+int cli_broker_open(cli_broker *b)
 {
 	int rv;
 
@@ -220,16 +229,14 @@ static int broker_open(broker *b)
 	return 0;
 }
 
-static void broker_close(broker *b)
+void cli_broker_close(cli_broker *b)
 {
 	nng_close(b->sock);
 	explicit_bzero(b->token, sizeof b->token);
 }
 
-// Sends req (token filled in here) and waits for the reply. Returns 0 with *out the caller's
-// (rb_pb_free), or the exit status after printing why: the broker's refusal, a timeout.
-static int broker_call(broker *b, Ringbid__CallRequest *req, uint32_t extra_wait_ms,
-                       Ringbid__CallReply **out)
+int cli_broker_call(cli_broker *b, Ringbid__CallRequest *req, uint32_t extra_wait_ms,
+                    const char *refused, Ringbid__CallReply **out)
 {
 	ProtobufCMessage *m = NULL;
 	nng_msg *msg;
@@ -261,7 +268,7 @@ static int broker_call(broker *b, Ringbid__CallRequest *req, uint32_t extra_wait
 		const Ringbid__ErrorReply *e = (*out)->error;
 		int code = e->code < 0 && e->code >= RB_ECODE_MIN ? e->code : RB_EINVAL;
 
-		cli_fail("the broker refused: %s (%s)",
+		cli_fail("%s: %s (%s)", refused ? refused : "the broker refused",
 		         e->message && *e->message ? safe(e->message) : rb_err_str(code),
 		         rb_err_name(code));
 		if (code == RB_EAUTH)
@@ -276,10 +283,10 @@ static int broker_call(broker *b, Ringbid__CallRequest *req, uint32_t extra_wait
 }
 
 // A reply that must carry a call.
-static int call_reply(broker *b, Ringbid__CallRequest *req, uint32_t extra_wait_ms,
+static int call_reply(cli_broker *b, Ringbid__CallRequest *req, uint32_t extra_wait_ms,
                       Ringbid__CallReply **out)
 {
-	int rc = broker_call(b, req, extra_wait_ms, out);
+	int rc = cli_broker_call(b, req, extra_wait_ms, NULL, out);
 
 	if (rc == 0 && !(*out)->call) {
 		rb_pb_free(&(*out)->base);
@@ -289,7 +296,7 @@ static int call_reply(broker *b, Ringbid__CallRequest *req, uint32_t extra_wait_
 	return rc;
 }
 
-static int query_call(broker *b, const char *call_id, uint64_t after_version, uint32_t wait_ms,
+static int query_call(cli_broker *b, const char *call_id, uint64_t after_version, uint32_t wait_ms,
                       Ringbid__CallReply **out)
 {
 	Ringbid__CallRequest req = RINGBID__CALL_REQUEST__INIT;
@@ -303,7 +310,7 @@ static int query_call(broker *b, const char *call_id, uint64_t after_version, ui
 	return call_reply(b, &req, wait_ms, out);
 }
 
-static int hangup_call(broker *b, const char *call_id, Ringbid__CallReply **out)
+static int hangup_call(cli_broker *b, const char *call_id, Ringbid__CallReply **out)
 {
 	Ringbid__CallRequest req = RINGBID__CALL_REQUEST__INIT;
 	Ringbid__CallHangup h = RINGBID__CALL_HANGUP__INIT;
@@ -528,7 +535,7 @@ typedef enum {
 
 // Follows the call from *cur (replaced as new versions arrive) until it is connected (and,
 // with talk, talked and hung up), ends, or the deadlines pass. Returns 0 or an exit status.
-static int follow(broker *b, const call_opts *co, Ringbid__CallReply **cur, follow_end *how)
+static int follow(cli_broker *b, const call_opts *co, Ringbid__CallReply **cur, follow_end *how)
 {
 	const int64_t start = mono_ms();
 	int64_t talk_end = -1, settle_end = -1;
@@ -602,7 +609,7 @@ static int follow(broker *b, const call_opts *co, Ringbid__CallReply **cur, foll
 int cli_cmd_call(int argc, char **argv)
 {
 	call_opts co = {0};
-	broker b;
+	cli_broker b;
 	Ringbid__CallRequest req = RINGBID__CALL_REQUEST__INIT;
 	Ringbid__CallArrived arr = RINGBID__CALL_ARRIVED__INIT;
 	Ringbid__CallReply *reply = NULL;
@@ -617,7 +624,7 @@ int cli_cmd_call(int argc, char **argv)
 		cli_list_free(co.skills, co.nskills);
 		return rc;
 	}
-	rc = broker_open(&b);
+	rc = cli_broker_open(&b);
 	if (rc) {
 		cli_list_free(co.skills, co.nskills);
 		return rc;
@@ -653,7 +660,7 @@ int cli_cmd_call(int argc, char **argv)
 	}
 	fflush(stdout);
 	rb_pb_free(reply ? &reply->base : NULL);
-	broker_close(&b);
+	cli_broker_close(&b);
 	cli_list_free(co.skills, co.nskills);
 	return rc;
 }
@@ -697,13 +704,13 @@ int cli_cmd_hangup(int argc, char **argv)
 {
 	const char *id;
 	bool json;
-	broker b;
+	cli_broker b;
 	Ringbid__CallReply *reply;
 	int rc = parse_simple("hangup", hangup_usage, true, argc, argv, &id, &json);
 
 	if (rc)
 		return rc == CLI_ARGS_HELP ? CLI_EXIT_OK : rc;
-	if ((rc = broker_open(&b)) != 0)
+	if ((rc = cli_broker_open(&b)) != 0)
 		return rc;
 	rc = hangup_call(&b, id, &reply);
 	if (rc == 0) {
@@ -716,7 +723,7 @@ int cli_cmd_hangup(int argc, char **argv)
 			       rb_call_state_name(reply->call->state));
 		rb_pb_free(&reply->base);
 	}
-	broker_close(&b);
+	cli_broker_close(&b);
 	return rc;
 }
 
@@ -728,13 +735,13 @@ int cli_cmd_call_info(int argc, char **argv)
 {
 	const char *id;
 	bool json;
-	broker b;
+	cli_broker b;
 	Ringbid__CallReply *reply;
 	int rc = parse_simple("call-info", call_info_usage, true, argc, argv, &id, &json);
 
 	if (rc)
 		return rc == CLI_ARGS_HELP ? CLI_EXIT_OK : rc;
-	if ((rc = broker_open(&b)) != 0)
+	if ((rc = cli_broker_open(&b)) != 0)
 		return rc;
 	rc = query_call(&b, id, 0, 0, &reply);
 	if (rc == 0) {
@@ -744,7 +751,7 @@ int cli_cmd_call_info(int argc, char **argv)
 			print_call_info(reply->call);
 		rb_pb_free(&reply->base);
 	}
-	broker_close(&b);
+	cli_broker_close(&b);
 	return rc;
 }
 
@@ -796,7 +803,7 @@ int cli_cmd_status(int argc, char **argv)
 {
 	const char *id;
 	bool json;
-	broker b;
+	cli_broker b;
 	Ringbid__CallRequest req = RINGBID__CALL_REQUEST__INIT;
 	Ringbid__StatusQuery q = RINGBID__STATUS_QUERY__INIT;
 	Ringbid__CallReply *reply;
@@ -804,11 +811,11 @@ int cli_cmd_status(int argc, char **argv)
 
 	if (rc)
 		return rc == CLI_ARGS_HELP ? CLI_EXIT_OK : rc;
-	if ((rc = broker_open(&b)) != 0)
+	if ((rc = cli_broker_open(&b)) != 0)
 		return rc;
 	req.body_case = RINGBID__CALL_REQUEST__BODY_STATUS;
 	req.status = &q;
-	rc = broker_call(&b, &req, 0, &reply);
+	rc = cli_broker_call(&b, &req, 0, NULL, &reply);
 	if (rc == 0 && !reply->kpis) {
 		rb_pb_free(&reply->base);
 		rc = cli_fail("the broker answered without figures");
@@ -819,15 +826,18 @@ int cli_cmd_status(int argc, char **argv)
 			print_status(reply->kpis);
 		rb_pb_free(&reply->base);
 	}
-	broker_close(&b);
+	cli_broker_close(&b);
 	return rc;
 }
 
 static const char explain_usage[] =
         "usage: ringbid explain CALL_ID [--json]\n"
         "\n"
-        "Why a call went where it went: for each offer the winner and its score, the runner-up,\n"
-        "how many agents were eligible and the reason; the agents excluded (declined or missed);\n"
+        "Why a call went where it went: for each offer the winner and the score the auction\n"
+        "compared (the agent's program score, or its overall score where it has none in the\n"
+        "call's program), the runner-up and its score, how many agents were eligible and the\n"
+        "reason; exploratory offers (the program's exploration share sent the call to the\n"
+        "longest-available agent) are marked. Then the agents excluded (declined or missed)\n"
         "and the outcome.\n";
 
 static void print_explain(const Ringbid__ExplainReply *e)
@@ -848,10 +858,14 @@ static void print_explain(const Ringbid__ExplainReply *e)
 		printf("  offer %zu at %s: agent %llu, score %.2f", i + 1,
 		       rb_time_iso(d->at_us, at, sizeof at), (unsigned long long)d->agent_id,
 		       d->score);
-		if (d->runner_up_id)
+		if (*basis(d->score_basis))
+			printf(" (%s score)", basis(d->score_basis));
+		if (d->runner_up_id) {
 			printf("; runner-up agent %llu, score %.2f",
 			       (unsigned long long)d->runner_up_id, d->runner_up_score);
-		else
+			if (*basis(d->runner_up_basis))
+				printf(" (%s score)", basis(d->runner_up_basis));
+		} else
 			printf("; no runner-up");
 		printf("; %u eligible; %s%s\n", d->eligible, safe(d->reason),
 		       d->exploratory ? " [exploratory: longest-available agent]" : "");
@@ -883,7 +897,7 @@ int cli_cmd_explain(int argc, char **argv)
 {
 	const char *id;
 	bool json;
-	broker b;
+	cli_broker b;
 	Ringbid__CallRequest req = RINGBID__CALL_REQUEST__INIT;
 	Ringbid__ExplainQuery q = RINGBID__EXPLAIN_QUERY__INIT;
 	Ringbid__CallReply *reply;
@@ -891,12 +905,12 @@ int cli_cmd_explain(int argc, char **argv)
 
 	if (rc)
 		return rc == CLI_ARGS_HELP ? CLI_EXIT_OK : rc;
-	if ((rc = broker_open(&b)) != 0)
+	if ((rc = cli_broker_open(&b)) != 0)
 		return rc;
 	q.call_id = (char *)id;
 	req.body_case = RINGBID__CALL_REQUEST__BODY_EXPLAIN;
 	req.explain = &q;
-	rc = broker_call(&b, &req, 0, &reply);
+	rc = cli_broker_call(&b, &req, 0, NULL, &reply);
 	if (rc == 0 && (!reply->explain || !reply->explain->call)) {
 		rb_pb_free(&reply->base);
 		rc = cli_fail("the broker answered without an explanation");
@@ -907,6 +921,6 @@ int cli_cmd_explain(int argc, char **argv)
 			print_explain(reply->explain);
 		rb_pb_free(&reply->base);
 	}
-	broker_close(&b);
+	cli_broker_close(&b);
 	return rc;
 }

@@ -173,7 +173,12 @@ static void test_explain(void **state)
 	d1.runner_up_score = 88;
 	d1.eligible = 7;
 	d1.reason = "highest score";
+	d1.score_basis = "program";
+	d1.runner_up_basis = "overall";
+	d1.available_since_us = S(1700000000000000);
 	d2.agent_id = 1001;
+	d2.score_basis = "not-a-basis";
+	d2.runner_up_basis = "program";
 	d2.score = 88;
 	d2.eligible = 1;
 	d2.reason = "highest score";
@@ -195,11 +200,19 @@ static void test_explain(void **state)
 	assert_int_equal(json_integer_value(json_object_get(d, "eligible")), 7);
 	assert_string_equal(json_string_value(json_object_get(d, "reason")), "highest score");
 	assert_true(json_is_false(json_object_get(d, "exploratory")));
+	assert_string_equal(json_string_value(json_object_get(d, "score_basis")), "program");
+	assert_string_equal(json_string_value(json_object_get(d, "runner_up_basis")), "overall");
+	assert_string_equal(json_string_value(json_object_get(d, "available_since")),
+	                    "2023-11-14T22:13:20.000000Z");
 	assert_string_equal(json_string_value(json_object_get(d, "at")),
 	                    "2023-11-14T22:13:20.300000Z");
 	d = json_array_get(json_object_get(j, "decisions"), 1);
 	assert_true(json_is_true(json_object_get(d, "exploratory")));
 	assert_int_equal(json_integer_value(json_object_get(d, "runner_up_id")), 0);
+	// Unknown basis text is not repeated; no runner-up has no basis.
+	assert_string_equal(json_string_value(json_object_get(d, "score_basis")), "");
+	assert_string_equal(json_string_value(json_object_get(d, "runner_up_basis")), "");
+	assert_true(json_is_null(json_object_get(d, "available_since")));
 	assert_int_equal(json_integer_value(json_array_get(json_object_get(j, "excluded"), 0)),
 	                 1005);
 	json_decref(j);

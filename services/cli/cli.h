@@ -4,8 +4,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <nng/nng.h>
 
 #include "ringbid.pb-c.h"
 
@@ -64,6 +67,24 @@ int cli_parse_agent_id(const char *s, uint64_t *out);
 // Seconds with up to three decimals ("2", "0.5", "12.250") as milliseconds in [0, max_ms].
 // Returns 0 or RB_EINVAL.
 int cli_parse_seconds_ms(const char *s, int64_t max_ms, int64_t *out_ms);
+
+// "yes" or "no" into *out. Returns 0 or RB_EINVAL.
+int cli_parse_yes_no(const char *s, bool *out);
+// A number from 0 to 1 with up to three decimals ("0", "0.2", "1.000") as thousandths in
+// *out (numeric(4,3) without a float on the way). Returns 0 or RB_EINVAL.
+int cli_parse_milli(const char *s, int *out);
+// Thousandths as decimal text: 200 -> "0.200". out holds at least 8 bytes.
+void cli_milli_text(int milli, char *out, size_t n);
+
+// The five score weights of a program, in the order of --weights S,R,C,A,H.
+#define CLI_WEIGHTS 5
+// Parses "S,R,C,A,H" into thousandths; each 0..1 with up to three decimals, and they must add
+// up to exactly 1 ("weights must add up to 1 (they add up to 0.900)" in err otherwise).
+// Returns 0 or RB_EINVAL with the reason in err (milli untouched).
+int cli_parse_weights(const char *s, int milli[CLI_WEIGHTS], char *err, size_t errlen);
+// An ISO 8601 time "YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z|+HH[:MM]|-HH[:MM]]" (no zone: UTC) as
+// UTC microseconds since the epoch, from 1970. Returns 0 or RB_EINVAL.
+int cli_parse_iso_us(const char *s, uint64_t *out);
 
 // A list of skills: items separated by sep, each passing rb_valid_id(s, 64), at most
 // CLI_SKILLS_MAX, duplicates dropped, order kept; "" is the empty list. On success *out is the
@@ -149,9 +170,7 @@ int cli_db_migrate(PGconn *conn, const char *dir, bool quiet);
 // ---------------------------------------------------------------------------------------------
 // calls.c: what the broker tells about calls, as text and JSON (pure)
 
-const char *
-rb_disposition_name(int disposition); // Milliseconds the caller waited (arrival to answer, or to
-                                      // the end, or to now_us) and talked.
+// Milliseconds the caller waited (arrival to answer, or to the end, or to now_us) and talked.
 uint64_t cli_call_wait_ms(const Ringbid__CallInfo *ci, uint64_t now_us);
 uint64_t cli_call_talk_ms(const Ringbid__CallInfo *ci);
 // The summary object of `ringbid call --json` ({"call_id", "program", "state", "disposition",
@@ -162,6 +181,90 @@ json_t *cli_call_json(const Ringbid__CallInfo *ci, bool full, uint64_t now_us);
 json_t *cli_kpis_json(const Ringbid__Kpis *k);
 // The object of `ringbid explain --json`. The caller owns the result.
 json_t *cli_explain_json(const Ringbid__ExplainReply *e, uint64_t now_us);
+
+// The broker's call API over one REQ socket (`call`, `explain`, `outcome`, ...).
+typedef struct cli_broker {
+	nng_socket sock;
+	char url[512];
+	char token[256];
+} cli_broker;
+
+// Opens a REQ socket and dials the broker (RINGBID_BROKER_URL) with the service token. Returns
+// 0 (the caller calls cli_broker_close) or an exit status after printing why.
+int cli_broker_open(cli_broker *b);
+void cli_broker_close(cli_broker *b);
+// Sends req (token filled in here) and waits up to 10 s + extra_wait_ms for the reply. On
+// success returns 0 with *out the caller's (rb_pb_free). On a refusal prints "ringbid:
+// <refused>: <the broker's reason> (<code>)" and returns CLI_EXIT_ERR with *out NULL; other
+// failures print their reason likewise.
+int cli_broker_call(cli_broker *b, Ringbid__CallRequest *req, uint32_t extra_wait_ms,
+                    const char *refused, Ringbid__CallReply **out);
+
+// ---------------------------------------------------------------------------------------------
+// scores.c: outcomes, scores and the lift report
+
+#define CLI_OUTCOMES_MAX 4 // survey, resolved, sale and one QA review per command
+
+// What `ringbid outcome` sends: outcomes of one call; strings point into argv.
+typedef struct cli_outcome_req {
+	const char *call_id;
+	Ringbid__Outcome items[CLI_OUTCOMES_MAX];
+	size_t n;
+	bool json;
+} cli_outcome_req;
+
+// Parses the words after `ringbid outcome` and checks every value against the contract the
+// broker and billing enforce (survey 1-5, yes/no, QA 0-100 with a reviewer, --at within 400
+// days back and 5 minutes ahead of now_us). Returns 0, CLI_ARGS_HELP, or RB_EINVAL with a
+// one-line reason in err. req holds no allocation.
+int cli_outcome_parse(int argc, char **argv, uint64_t now_us, cli_outcome_req *req, char *err,
+                      size_t errlen);
+// "survey", "resolved", "sale", "qa"; "" for anything else. Static storage.
+const char *cli_outcome_kind_name(int kind);
+// The object of `ringbid outcome --json`: {"call_id", "outcomes": [{"kind", "value",
+// "reviewer", "duplicate"}]} from the request and the broker's acks (request order). The
+// caller owns the result (json_decref); NULL when out of memory.
+json_t *cli_outcome_json(const cli_outcome_req *req, const Ringbid__CallReply *reply);
+
+// One row of billing.agent_score_parts, as text from PostgreSQL (NULL: SQL NULL).
+typedef struct cli_score_row {
+	const char *program; // "" for the overall score
+	const char *score;
+	bool provisional;
+	long long calls;
+	const char *parts; // JSON array text
+	const char *window_start, *window_end, *computed_at;
+} cli_score_row;
+
+// An agent's scores as `ringbid agent score` shows them.
+typedef struct cli_agent_scores {
+	uint64_t agent_id;
+	const char *name;
+	const char *score; // roster.agents.score: what routing uses without a program score
+	bool pinned;
+	const cli_score_row *rows;
+	size_t nrows;
+} cli_agent_scores;
+
+// The object of `ringbid agent score --json`. The caller owns the result; NULL when out of
+// memory.
+json_t *cli_agent_scores_json(const cli_agent_scores *s);
+// The text of `ringbid agent score` on f.
+void cli_agent_scores_print(FILE *f, const cli_agent_scores *s);
+
+// One route of billing.lift_report as text from PostgreSQL (NULL: SQL NULL).
+typedef struct cli_lift_group {
+	long long calls, surveyed;
+	const char *satisfaction, *resolved_share, *sale_share, *avg_handle_s;
+} cli_lift_group;
+
+// The object of `ringbid report lift --json`: {"program", "days", "auction": {...},
+// "exploration": {...}, "lift": {...}}. The caller owns the result; NULL when out of memory.
+json_t *cli_lift_json(const char *program, long long days, const cli_lift_group *auction,
+                      const cli_lift_group *exploration);
+// The text of `ringbid report lift` on f.
+void cli_lift_print(FILE *f, const char *program, long long days, const cli_lift_group *auction,
+                    const cli_lift_group *exploration);
 
 // ---------------------------------------------------------------------------------------------
 // payroll.c: checks of pay command-line text (pure)
@@ -190,6 +293,12 @@ int cli_cmd_status(int argc, char **argv);
 int cli_cmd_explain(int argc, char **argv);
 int cli_cmd_rate(int argc, char **argv);
 int cli_cmd_payroll(int argc, char **argv);
+// scores.c: `ringbid outcome`, `ringbid scores recompute`, `ringbid report lift`.
+int cli_cmd_outcome(int argc, char **argv);
+int cli_cmd_scores(int argc, char **argv);
+int cli_cmd_report(int argc, char **argv);
+// `ringbid agent score ID [--json]` (the words after "score"), reached through cli_cmd_agent.
+int cli_agent_score(int argc, char **argv);
 // tokens.c: `ringbid token create|list|revoke`.
 int cli_cmd_token(int argc, char **argv);
 // A token lifetime "<n>s|m|h|d|w" in seconds, 1 s to ten years. Returns 0 or RB_EINVAL.

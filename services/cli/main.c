@@ -3,12 +3,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "certs.h"
 #include "cli.h"
 #include "rb_config.h"
 #include "rb_err.h"
 #include "rb_log.h"
-#include "rb_secret.h"
 #include "rb_svc.h"
 
 typedef struct command {
@@ -28,6 +29,9 @@ static const command commands[] = {
         {"call-info", cli_cmd_call_info, "show a call"},
         {"status", cli_cmd_status, "the wallboard: agents, queue, service level, ASA"},
         {"explain", cli_cmd_explain, "why a call went to the agent it went to"},
+        {"outcome", cli_cmd_outcome, "record a call's survey, resolution, sale or QA review"},
+        {"scores", cli_cmd_scores, "scores recompute: recompute agents' performance scores"},
+        {"report", cli_cmd_report, "report lift: score routing against exploration"},
         {"rate", cli_cmd_rate, "set, list pay rates per program and agent"},
         {"payroll", cli_cmd_payroll, "pay periods: list, close, export, explain"},
         {"token", cli_cmd_token, "create, list, revoke API tokens (finance, supervisor)"},
@@ -86,7 +90,10 @@ int main(int argc, char **argv)
 	rb_log_init("cli");
 	if (!getenv("RINGBID_LOG_LEVEL"))
 		rb_log_set_level(RB_LOG_ERROR);
-	if (rb_secret_init() < 0) {
+	// libsodium for random ids and token hashes. Not rb_secret_init: that also derives an
+	// argon2id dummy hash (tens of MiB, a third of a second) that only login checks need, and
+	// rb_secret_hash initialises itself when `agent add` hashes a secret.
+	if (sodium_init() < 0) {
 		cli_fail("cannot initialise libsodium");
 		return CLI_EXIT_ERR;
 	}

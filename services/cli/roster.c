@@ -23,28 +23,39 @@ typedef enum {
 	COL_NUM,    // JSON number (scores; never money)
 	COL_MONEY,  // JSON string: money keeps its exact decimal text
 	COL_SKILLS, // comma-joined in SQL, a JSON array of strings
+	COL_BOOL,   // JSON true/false, "yes"/"no" on screen
 } col_type;
 
 typedef struct col {
 	const char *key;    // JSON key and label of `show`
 	const char *header; // column title of `list`; NULL: not in the list
 	col_type type;
+	const char *null_text; // on screen for SQL NULL (JSON null); NULL: "-"
 } col;
 
 static const col program_cols[] = {
-        {"id", "ID", COL_STR},
-        {"name", "NAME", COL_STR},
-        {"required_skills", "SKILLS", COL_SKILLS},
-        {"ring_timeout_s", "RING", COL_INT},
-        {"wrap_up_s", "WRAP", COL_INT},
-        {"max_wait_s", "MAX WAIT", COL_INT},
-        {"max_talk_s", "MAX TALK", COL_INT},
-        {"default_rate", "RATE/MIN", COL_MONEY},
-        {"rounding", "ROUNDING", COL_STR},
-        {"sale_commission", "COMMISSION", COL_MONEY},
-        {"priority", "PRIO", COL_INT},
-        {"created_at", NULL, COL_STR},
-        {"updated_at", NULL, COL_STR},
+        {"id", "ID", COL_STR, NULL},
+        {"name", "NAME", COL_STR, NULL},
+        {"required_skills", "SKILLS", COL_SKILLS, NULL},
+        {"ring_timeout_s", "RING", COL_INT, NULL},
+        {"wrap_up_s", "WRAP", COL_INT, NULL},
+        {"max_wait_s", "MAX WAIT", COL_INT, NULL},
+        {"max_talk_s", "MAX TALK", COL_INT, NULL},
+        {"default_rate", "RATE/MIN", COL_MONEY, NULL},
+        {"rounding", "ROUNDING", COL_STR, NULL},
+        {"sale_commission", "COMMISSION", COL_MONEY, NULL},
+        {"priority", "PRIO", COL_INT, NULL},
+        {"w_satisfaction", NULL, COL_NUM, NULL},
+        {"w_resolution", NULL, COL_NUM, NULL},
+        {"w_conversion", NULL, COL_NUM, NULL},
+        {"w_answer_rate", NULL, COL_NUM, NULL},
+        {"w_handle_time", NULL, COL_NUM, NULL},
+        {"sells", NULL, COL_BOOL, NULL},
+        {"min_calls", NULL, COL_INT, NULL},
+        {"provisional_score", NULL, COL_NUM, "median"},
+        {"explore_share", "EXPLORE", COL_NUM, NULL},
+        {"created_at", NULL, COL_STR, NULL},
+        {"updated_at", NULL, COL_STR, NULL},
 };
 
 #define TS_UTC(c) "to_char(" c " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
@@ -52,20 +63,24 @@ static const col program_cols[] = {
 static const char program_select[] =
         "SELECT id, name, array_to_string(required_skills, ','), ring_timeout_s, wrap_up_s, "
         "max_wait_s, max_talk_s, default_rate::text, rounding, sale_commission::text, "
-        "priority, " TS_UTC("created_at") ", " TS_UTC("updated_at") " FROM roster.programs";
+        "priority, w_satisfaction::text, w_resolution::text, w_conversion::text, "
+        "w_answer_rate::text, w_handle_time::text, sells, min_calls, provisional_score::text, "
+        "explore_share::text, " TS_UTC("created_at") ", " TS_UTC(
+                "updated_at") " FROM roster.programs";
 
 static const col agent_cols[] = {
-        {"id", "ID", COL_INT},
-        {"name", "NAME", COL_STR},
-        {"status", "STATUS", COL_STR},
-        {"score", "SCORE", COL_NUM},
-        {"skills", "SKILLS", COL_SKILLS},
-        {"created_at", NULL, COL_STR},
-        {"updated_at", NULL, COL_STR},
+        {"id", "ID", COL_INT, NULL},
+        {"name", "NAME", COL_STR, NULL},
+        {"status", "STATUS", COL_STR, NULL},
+        {"score", "SCORE", COL_NUM, NULL},
+        {"score_pinned", "PINNED", COL_BOOL, NULL},
+        {"skills", "SKILLS", COL_SKILLS, NULL},
+        {"created_at", NULL, COL_STR, NULL},
+        {"updated_at", NULL, COL_STR, NULL},
 };
 
 static const char agent_select[] =
-        "SELECT id, name, status, score::text, array_to_string(skills, ','), " TS_UTC(
+        "SELECT id, name, status, score::text, score_pinned, array_to_string(skills, ','), " TS_UTC(
                 "created_at") ", " TS_UTC("updated_at") " FROM roster.agents";
 
 #define NCOLS(a) (sizeof(a) / sizeof((a)[0]))
@@ -78,6 +93,10 @@ static json_t *row_json(const PGresult *res, int row, const col *cols, size_t nc
 		const char *v = PQgetvalue(res, row, (int)c);
 		json_t *j = NULL;
 
+		if (PQgetisnull(res, row, (int)c)) {
+			json_object_set_new(o, cols[c].key, json_null());
+			continue;
+		}
 		switch (cols[c].type) {
 		case COL_STR:
 		case COL_MONEY:
@@ -88,6 +107,9 @@ static json_t *row_json(const PGresult *res, int row, const col *cols, size_t nc
 			break;
 		case COL_NUM:
 			j = json_real(strtod(v, NULL));
+			break;
+		case COL_BOOL:
+			j = json_boolean(strcmp(v, "t") == 0);
 			break;
 		case COL_SKILLS: {
 			char **list;
@@ -110,7 +132,9 @@ static json_t *row_json(const PGresult *res, int row, const col *cols, size_t nc
 
 static void print_json(json_t *j, size_t flags)
 {
-	char *s = j ? json_dumps(j, flags | JSON_PRESERVE_ORDER) : NULL;
+	// Scores and weights are numeric(5,2) and numeric(4,3) in PostgreSQL: 15 significant
+	// digits print them as stored (0.3, not 0.29999999999999999).
+	char *s = j ? json_dumps(j, flags | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15)) : NULL;
 
 	if (s) {
 		puts(s);
@@ -119,11 +143,15 @@ static void print_json(json_t *j, size_t flags)
 	json_decref(j);
 }
 
-// Skills show as "a,b", an empty list as "-".
-static const char *cell(const PGresult *res, int row, int c)
+// Skills show as "a,b", an empty list as "-"; booleans as yes/no.
+static const char *cell(const PGresult *res, int row, int c, const col *cl)
 {
 	const char *v = PQgetvalue(res, row, c);
 
+	if (PQgetisnull(res, row, c))
+		return cl->null_text ? cl->null_text : "-";
+	if (cl->type == COL_BOOL)
+		return strcmp(v, "t") == 0 ? "yes" : "no";
 	return *v ? v : "-";
 }
 
@@ -172,7 +200,7 @@ static void print_table(const PGresult *res, const col *cols, size_t ncols)
 		last = c;
 		widths[c] = text_width(cols[c].header);
 		for (int r = 0; r < rows; r++) {
-			int w = text_width(cell(res, r, (int)c));
+			int w = text_width(cell(res, r, (int)c, &cols[c]));
 
 			if (w > widths[c])
 				widths[c] = w > 40 ? 40 : w;
@@ -185,8 +213,10 @@ static void print_table(const PGresult *res, const col *cols, size_t ncols)
 			if (c > 0)
 				fputs("  ", stdout);
 			// Long values are cut to the column; the last column is never padded.
-			print_cell(r < 0 ? cols[c].header : cell(res, r, (int)c), widths[c],
-			           cols[c].type != COL_STR && cols[c].type != COL_SKILLS,
+			print_cell(r < 0 ? cols[c].header : cell(res, r, (int)c, &cols[c]),
+			           widths[c],
+			           cols[c].type != COL_STR && cols[c].type != COL_SKILLS &&
+			                   cols[c].type != COL_BOOL,
 			           c != last);
 		}
 		putchar('\n');
@@ -196,7 +226,7 @@ static void print_table(const PGresult *res, const col *cols, size_t ncols)
 static void print_show(const PGresult *res, const col *cols, size_t ncols)
 {
 	for (size_t c = 0; c < ncols; c++)
-		printf("%-16s %s\n", cols[c].key, cell(res, 0, (int)c));
+		printf("%-18s %s\n", cols[c].key, cell(res, 0, (int)c, &cols[c]));
 }
 
 // Runs a roster query and prints its rows; one_id set: exactly one row expected ("show").
@@ -254,6 +284,11 @@ typedef enum {
 	F_SCORE,    // numeric(5,2) in 0..100
 	F_ROUNDING, // per_second | per_started_minute
 	F_STATUS,   // active | suspended
+	F_WEIGHTS,  // S,R,C,A,H adding up to 1 -> the five w_* columns
+	F_YESNO,    // yes | no -> boolean
+	F_SHARE,    // 0..1 with up to 3 decimals -> numeric(4,3)
+	F_PROV,     // a score, or "median" -> NULL
+	F_PIN,      // a score (pinned by hand), or "auto" (unpinned: recompute sets it)
 } field_type;
 
 typedef struct field {
@@ -275,22 +310,32 @@ static const field program_fields[] = {
         {"rounding", "rounding", "text", F_ROUNDING, 0, 0},
         {"commission", "sale_commission", "numeric", F_MONEY, 0, 0},
         {"priority", "priority", "int", F_INT, -CLI_PRIORITY_MAX, CLI_PRIORITY_MAX},
+        {"weights", NULL, "numeric", F_WEIGHTS, 0, 0},
+        {"sells", "sells", "boolean", F_YESNO, 0, 0},
+        {"min-calls", "min_calls", "int", F_INT, 1, 100000},
+        {"provisional-score", "provisional_score", "numeric", F_PROV, 0, 0},
+        {"explore-share", "explore_share", "numeric", F_SHARE, 0, 0},
 };
+
+// The columns of --weights S,R,C,A,H, in that order.
+static const char *const weight_cols[CLI_WEIGHTS] = {
+        "w_satisfaction", "w_resolution", "w_conversion", "w_answer_rate", "w_handle_time"};
 
 static const field agent_fields[] = {
         {"name", "name", "text", F_TEXT, 0, 0},
         {"skills", "skills", "text[]", F_SKILLS, 0, 0},
-        {"score", "score", "numeric", F_SCORE, 0, 0},
+        {"score", "score", "numeric", F_PIN, 0, 0},
         {"status", "status", "text", F_STATUS, 0, 0},
 };
 
-#define MAX_ASSIGN 16
+#define MAX_ASSIGN 24
 
 // Column assignments collected from the options: columns, casts and parameter texts.
 typedef struct assign {
 	const char *col[MAX_ASSIGN];
 	const char *cast[MAX_ASSIGN];
 	char *val[MAX_ASSIGN]; // owned
+	bool null[MAX_ASSIGN]; // SQL NULL instead of val
 	size_t n;
 } assign;
 
@@ -312,7 +357,32 @@ static int assign_add(assign *a, const char *colname, const char *cast, char *va
 	a->col[a->n] = colname;
 	a->cast[a->n] = cast;
 	a->val[a->n] = val;
+	a->null[a->n] = false;
 	a->n++;
+	return 0;
+}
+
+static int assign_add_null(assign *a, const char *colname, const char *cast)
+{
+	int rc = assign_add(a, colname, cast, strdup(""));
+
+	if (rc == 0)
+		a->null[a->n - 1] = true;
+	return rc;
+}
+
+// The five weight columns of --weights; the value is checked already.
+static int assign_weights(assign *a, const int milli[CLI_WEIGHTS])
+{
+	for (size_t i = 0; i < CLI_WEIGHTS; i++) {
+		char text[16];
+		int rc;
+
+		cli_milli_text(milli[i], text, sizeof text);
+		rc = assign_add(a, weight_cols[i], "numeric", strdup(text));
+		if (rc < 0)
+			return rc;
+	}
 	return 0;
 }
 
@@ -326,6 +396,8 @@ static int collect(const char *cmd, const cli_opt *opts, size_t nopts, const fie
 		const char *v = cli_opt_get(opts, nopts, f->opt);
 		char err[160], *text = NULL;
 		long long num;
+		int milli[CLI_WEIGHTS];
+		bool yes;
 
 		if (!v)
 			continue;
@@ -385,6 +457,58 @@ static int collect(const char *cmd, const cli_opt *opts, size_t nopts, const fie
 				                       f->opt);
 			text = strdup(v);
 			break;
+		case F_WEIGHTS:
+			if (cli_parse_weights(v, milli, err, sizeof err) < 0)
+				return cli_usage_error(cmd, "--%s: %s", f->opt, err);
+			if (assign_weights(a, milli) < 0)
+				return cli_fail("out of memory");
+			continue;
+		case F_YESNO:
+			if (cli_parse_yes_no(v, &yes) < 0)
+				return cli_usage_error(cmd, "--%s must be yes or no", f->opt);
+			text = strdup(yes ? "true" : "false");
+			break;
+		case F_SHARE:
+			if (cli_parse_milli(v, &milli[0]) < 0)
+				return cli_usage_error(
+				        cmd,
+				        "--%s must be from 0 to 1 (up to 3 decimals, "
+				        "e.g. 0.2 for a fifth of the calls)",
+				        f->opt);
+			text = strdup(v);
+			break;
+		case F_PROV:
+			if (strcmp(v, "median") == 0) {
+				if (assign_add_null(a, f->col, f->cast) < 0)
+					return cli_fail("out of memory");
+				continue;
+			}
+			if (!cli_valid_score(v))
+				return cli_usage_error(
+				        cmd,
+				        "--%s must be from 0 to 100 (up to 2 decimals) "
+				        "or median",
+				        f->opt);
+			text = strdup(v);
+			break;
+		case F_PIN:
+			// A score typed by a supervisor is pinned: the recompute leaves it alone
+			// until "auto" hands the agent back to the computed score.
+			if (strcmp(v, "auto") == 0) {
+				if (assign_add(a, "score_pinned", "boolean", strdup("false")) < 0)
+					return cli_fail("out of memory");
+				continue;
+			}
+			if (!cli_valid_score(v))
+				return cli_usage_error(
+				        cmd,
+				        "--%s must be from 0 to 100 (up to 2 decimals) "
+				        "or auto",
+				        f->opt);
+			if (assign_add(a, "score_pinned", "boolean", strdup("true")) < 0)
+				return cli_fail("out of memory");
+			text = strdup(v);
+			break;
 		}
 		if (assign_add(a, f->col, f->cast, text) < 0)
 			return cli_fail("out of memory");
@@ -406,7 +530,7 @@ static int write_row(const char *table, const char *what, const char *id, const 
 
 	params[0] = id;
 	for (size_t i = 0; i < a->n; i++)
-		params[i + 1] = a->val[i];
+		params[i + 1] = a->null[i] ? NULL : a->val[i];
 	if (update) {
 		off += (size_t)snprintf(sql + off, sizeof sql - off, "UPDATE %s SET ", table);
 		for (size_t i = 0; i < a->n; i++)
@@ -429,9 +553,19 @@ static int write_row(const char *table, const char *what, const char *id, const 
 	if (rc < 0) {
 		const char *state = cli_db_sqlstate(res);
 
+		const char *cons = res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : NULL;
+
 		if (strcmp(state, "23505") == 0)
 			rc = cli_fail("%s %s already exists (change it with 'ringbid %s set')",
 			              what, id, what);
+		else if (strcmp(state, "23514") == 0 && cons &&
+		         strcmp(cons, "programs_weights_sum") == 0)
+			rc = cli_fail("%s refused: the weights must add up to 1 (give all five "
+			              "with --weights S,R,C,A,H)",
+			              update ? "update" : "insert");
+		else if (strcmp(state, "42703") == 0)
+			rc = cli_fail("the database lacks the score columns: run 'ringbid db "
+			              "migrate'");
 		else if (strcmp(state, "42P01") == 0 || strcmp(state, "3F000") == 0)
 			rc = cli_fail("the roster schema is missing: run 'ringbid db migrate'");
 		else
@@ -473,16 +607,40 @@ static const char program_usage[] =
         "  --rounding R             per_second (default) or per_started_minute\n"
         "  --commission 0.00        fixed pay per call marked as a sale (default 0)\n"
         "  --priority N             ordering among programs' waiting calls (-1000..1000)\n"
+        "\n"
+        "performance scores (see 'ringbid agent score'):\n"
+        "  --weights S,R,C,A,H      weights of satisfaction, resolution, conversion, answer\n"
+        "                           rate and handle time; each 0-1, adding up to 1\n"
+        "                           (default 0.3,0.25,0.15,0.15,0.15)\n"
+        "  --sells yes|no           the program sells: conversion counts (default no)\n"
+        "  --min-calls N            calls in the program an agent needs for a program score\n"
+        "                           of its own (1-100000, default 20)\n"
+        "  --provisional-score N|median\n"
+        "                           score of agents new to the program (0-100; default\n"
+        "                           median: the median of the program's established agents)\n"
+        "  --explore-share F        share of calls (0-1, default 0) sent at random to the\n"
+        "                           longest-available agent instead of the top score, to\n"
+        "                           measure the lift of score routing ('ringbid report lift')\n"
         "  --json                   list/show: JSON output\n";
 
 static int program_write(const char *sub, int argc, char **argv)
 {
 	cli_opt opts[] = {
-	        {.name = "name", .has_arg = true},         {.name = "skills", .has_arg = true},
-	        {.name = "ring-timeout", .has_arg = true}, {.name = "wrap-up", .has_arg = true},
-	        {.name = "max-wait", .has_arg = true},     {.name = "max-talk", .has_arg = true},
-	        {.name = "rate", .has_arg = true},         {.name = "rounding", .has_arg = true},
-	        {.name = "commission", .has_arg = true},   {.name = "priority", .has_arg = true},
+	        {.name = "name", .has_arg = true},
+	        {.name = "skills", .has_arg = true},
+	        {.name = "ring-timeout", .has_arg = true},
+	        {.name = "wrap-up", .has_arg = true},
+	        {.name = "max-wait", .has_arg = true},
+	        {.name = "max-talk", .has_arg = true},
+	        {.name = "rate", .has_arg = true},
+	        {.name = "rounding", .has_arg = true},
+	        {.name = "commission", .has_arg = true},
+	        {.name = "priority", .has_arg = true},
+	        {.name = "weights", .has_arg = true},
+	        {.name = "sells", .has_arg = true},
+	        {.name = "min-calls", .has_arg = true},
+	        {.name = "provisional-score", .has_arg = true},
+	        {.name = "explore-share", .has_arg = true},
 	};
 	const size_t nopts = NCOLS(opts);
 	const bool update = strcmp(sub, "set") == 0;
@@ -581,10 +739,11 @@ int cli_cmd_program(int argc, char **argv)
 
 static const char agent_usage[] =
         "usage: ringbid agent add ID --name NAME [--skills a,b] [--score N] [--secret-file FILE]\n"
-        "       ringbid agent set ID [--name NAME] [--skills a,b] [--score N]\n"
+        "       ringbid agent set ID [--name NAME] [--skills a,b] [--score N|auto]\n"
         "                            [--status active|suspended] [--secret-file FILE]\n"
         "       ringbid agent list [--json]\n"
         "       ringbid agent show ID [--json]\n"
+        "       ringbid agent score ID [--json]\n"
         "       ringbid agent import FILE [--secret-file FILE]\n"
         "\n"
         "ID is a whole number from 1. The agent's secret (what the agent logs in with) is read\n"
@@ -594,14 +753,23 @@ static const char agent_usage[] =
         "options:\n"
         "  --name NAME          display name\n"
         "  --skills a,b         the agent's skills (\"\" for none)\n"
-        "  --score N            performance score 0-100 (default 50)\n"
+        "  --score N            performance score 0-100 set by hand: pinned, the scheduled\n"
+        "                       recompute leaves it alone. Without it the agent starts at 50\n"
+        "                       and the recompute computes its score from its outcomes\n"
+        "  --score auto         (set) unpin: the next recompute computes the score again\n"
         "  --status S           active or suspended (a suspended agent cannot log in)\n"
         "  --secret-file FILE   file holding the secret (one line)\n"
         "  --json               list/show: JSON output\n"
         "\n"
         "import reads CSV lines 'id,name,skills,score' (skills separated by ';', score optional;\n"
         "'#' comments and a header line are skipped; FILE '-' is stdin). Every imported agent\n"
-        "gets the same secret; existing agents are updated (name, skills, score, secret).\n";
+        "gets the same secret; existing agents are updated (name, skills, score, secret).\n"
+        "A score in the file is pinned like --score N; an empty one leaves the score to the\n"
+        "recompute (50 for a new agent, unchanged for an existing one).\n"
+        "\n"
+        "score shows the agent's overall and program scores and, for each, the parts: raw\n"
+        "value, normalised value (0-1), weight and number of observations; the window and\n"
+        "when it was computed; whether a score is provisional or pinned.\n";
 
 // Reads and hashes the secret into hash. Returns 0, or the exit status after printing why.
 static int secret_hash(const char *cmd, const char *file, bool env_ok, bool required,
@@ -772,7 +940,7 @@ static int import_batch(PGconn *conn, const rows *r, size_t from, size_t to, con
                         size_t *added, size_t *updated)
 {
 	size_t n = to - from, np = 0;
-	char *sql = malloc(n * 96 + 512);
+	char *sql = malloc(n * 160 + 768);
 	const char **params = calloc(n * 5, sizeof *params);
 	char(*ids)[24] = calloc(n, sizeof *ids);
 	char **arrays = calloc(n, sizeof *arrays);
@@ -785,7 +953,7 @@ static int import_batch(PGconn *conn, const rows *r, size_t from, size_t to, con
 		goto out;
 	}
 	off += (size_t)sprintf(sql, "INSERT INTO roster.agents AS a (id, name, skills, score, "
-	                            "secret_hash) VALUES ");
+	                            "score_pinned, secret_hash) VALUES ");
 	for (size_t i = 0; i < n; i++) {
 		const cli_agent_row *row = &r->v[from + i];
 
@@ -797,15 +965,19 @@ static int import_batch(PGconn *conn, const rows *r, size_t from, size_t to, con
 		params[np++] = ids[i];
 		params[np++] = row->name;
 		params[np++] = arrays[i];
-		params[np++] = row->score[0] ? row->score : "50";
+		params[np++] = row->score[0] ? row->score : NULL;
 		params[np++] = hash;
 		off += (size_t)sprintf(sql + off,
-		                       "%s($%zu::bigint, $%zu::text, $%zu::text[], $%zu::numeric, "
+		                       "%s($%zu::bigint, $%zu::text, $%zu::text[], "
+		                       "coalesce($%zu::numeric, 50), $%zu::numeric IS NOT NULL, "
 		                       "$%zu::text)",
-		                       i ? ", " : "", np - 4, np - 3, np - 2, np - 1, np);
+		                       i ? ", " : "", np - 4, np - 3, np - 2, np - 1, np - 1, np);
 	}
+	// A score in the file is set by hand (pinned); an empty one keeps what the agent has.
 	sprintf(sql + off, " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
-	                   "skills = EXCLUDED.skills, score = EXCLUDED.score, "
+	                   "skills = EXCLUDED.skills, score = CASE WHEN EXCLUDED.score_pinned "
+	                   "THEN EXCLUDED.score ELSE a.score END, "
+	                   "score_pinned = a.score_pinned OR EXCLUDED.score_pinned, "
 	                   "secret_hash = EXCLUDED.secret_hash RETURNING (xmax = 0)");
 	if (cli_db_exec(conn, sql, (int)np, params, &res) < 0) {
 		rc = strcmp(cli_db_sqlstate(res), "42P01") == 0
@@ -899,8 +1071,10 @@ int cli_cmd_agent(int argc, char **argv)
 		return argc == 0 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
 	}
 	if (strcmp(sub, "add") != 0 && strcmp(sub, "set") != 0 && strcmp(sub, "list") != 0 &&
-	    strcmp(sub, "show") != 0 && strcmp(sub, "import") != 0)
+	    strcmp(sub, "show") != 0 && strcmp(sub, "import") != 0 && strcmp(sub, "score") != 0)
 		return cli_usage_error("agent", "unknown subcommand '%s'", sub);
+	if (strcmp(sub, "score") == 0)
+		return cli_agent_score(argc - 1, argv + 1);
 	if (is_help(argc - 1, argv + 1)) {
 		fputs(agent_usage, stdout);
 		return CLI_EXIT_OK;

@@ -391,3 +391,184 @@ int cli_read_secret(const char *file, bool env_ok, char *out, size_t n, char *er
 	}
 	return 0;
 }
+
+int cli_parse_yes_no(const char *s, bool *out)
+{
+	if (s && strcmp(s, "yes") == 0) {
+		*out = true;
+		return 0;
+	}
+	if (s && strcmp(s, "no") == 0) {
+		*out = false;
+		return 0;
+	}
+	return RB_EINVAL;
+}
+
+int cli_parse_milli(const char *s, int *out)
+{
+	int v;
+
+	// One integer digit: nothing from 0 to 1 needs more, and "01" is more likely a typo.
+	if (!s || !valid_decimal(s, 1, 3))
+		return RB_EINVAL;
+	v = (s[0] - '0') * 1000;
+	if (s[1] == '.') {
+		int scale = 100;
+
+		for (const char *f = s + 2; *f; f++, scale /= 10)
+			v += (*f - '0') * scale;
+	}
+	if (v > 1000)
+		return RB_EINVAL;
+	*out = v;
+	return 0;
+}
+
+void cli_milli_text(int milli, char *out, size_t n)
+{
+	snprintf(out, n, "%d.%03d", milli / 1000, milli % 1000);
+}
+
+int cli_parse_weights(const char *s, int milli[CLI_WEIGHTS], char *err, size_t errlen)
+{
+	static const char *const names[CLI_WEIGHTS] = {"satisfaction", "resolution", "conversion",
+	                                               "answer rate", "handle time"};
+	char item[16], sum_text[16];
+	const char *p = s;
+	int got[CLI_WEIGHTS], sum = 0;
+	size_t k = 0;
+
+	if (!s) {
+		snprintf(err, errlen, "no weights");
+		return RB_EINVAL;
+	}
+	for (;;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+
+		if (k == CLI_WEIGHTS) {
+			snprintf(err, errlen,
+			         "expected five weights S,R,C,A,H (satisfaction, resolution, "
+			         "conversion, answer rate, handle time), got more");
+			return RB_EINVAL;
+		}
+		if (len >= sizeof item) {
+			snprintf(err, errlen,
+			         "the %s weight '%.16s...' is not a number from 0 to 1", names[k],
+			         p);
+			return RB_EINVAL;
+		}
+		memcpy(item, p, len);
+		item[len] = '\0';
+		if (cli_parse_milli(item, &got[k]) < 0) {
+			snprintf(err, errlen,
+			         "the %s weight '%s' must be from 0 to 1 with up to 3 decimals",
+			         names[k], item);
+			return RB_EINVAL;
+		}
+		sum += got[k++];
+		if (!end)
+			break;
+		p = end + 1;
+	}
+	if (k != CLI_WEIGHTS) {
+		snprintf(err, errlen,
+		         "expected five weights S,R,C,A,H (satisfaction, resolution, conversion, "
+		         "answer rate, handle time), got %zu",
+		         k);
+		return RB_EINVAL;
+	}
+	if (sum != 1000) {
+		cli_milli_text(sum, sum_text, sizeof sum_text);
+		snprintf(err, errlen, "weights must add up to 1 (they add up to %s)", sum_text);
+		return RB_EINVAL;
+	}
+	memcpy(milli, got, sizeof got);
+	return 0;
+}
+
+// Reads exactly n digits at *p as a number; advances *p.
+static bool fixed_digits(const char **p, size_t n, int *out)
+{
+	int v = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!is_digit((*p)[i]))
+			return false;
+		v = v * 10 + ((*p)[i] - '0');
+	}
+	*p += n;
+	*out = v;
+	return true;
+}
+
+int cli_parse_iso_us(const char *s, uint64_t *out)
+{
+	static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	int y, mo, d, h = 0, mi = 0, sec = 0, off_h = 0, off_m = 0, sign = 0;
+	int64_t frac_us = 0, days, t;
+	const char *p = s;
+
+	if (!s || !fixed_digits(&p, 4, &y) || *p++ != '-' || !fixed_digits(&p, 2, &mo) ||
+	    *p++ != '-' || !fixed_digits(&p, 2, &d))
+		return RB_EINVAL;
+	if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1])
+		return RB_EINVAL;
+	if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+		return RB_EINVAL;
+	if (*p == 'T' || *p == ' ') {
+		p++;
+		if (!fixed_digits(&p, 2, &h) || *p++ != ':' || !fixed_digits(&p, 2, &mi))
+			return RB_EINVAL;
+		if (*p == ':') {
+			p++;
+			if (!fixed_digits(&p, 2, &sec))
+				return RB_EINVAL;
+			if (*p == '.') {
+				int64_t scale = 100000;
+				size_t nd = 0;
+
+				for (p++; is_digit(*p); p++, nd++, scale /= 10) {
+					if (nd == 6)
+						return RB_EINVAL;
+					frac_us += (*p - '0') * scale;
+				}
+				if (nd == 0)
+					return RB_EINVAL;
+			}
+		}
+		if (h > 23 || mi > 59 || sec > 59)
+			return RB_EINVAL;
+	}
+	if (*p == 'Z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		sign = *p++ == '-' ? -1 : 1;
+		if (!fixed_digits(&p, 2, &off_h))
+			return RB_EINVAL;
+		if (*p == ':')
+			p++;
+		if (*p && !fixed_digits(&p, 2, &off_m))
+			return RB_EINVAL;
+		if (off_h > 14 || off_m > 59)
+			return RB_EINVAL;
+	}
+	if (*p != '\0')
+		return RB_EINVAL;
+	// Days from the civil date (Howard Hinnant's algorithm): no timegm, no TZ environment.
+	{
+		int yy = mo <= 2 ? y - 1 : y;
+		int era = yy / 400;
+		int yoe = yy - era * 400;
+		int doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+		int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+
+		days = (int64_t)era * 146097 + doe - 719468;
+	}
+	t = days * 86400 + h * 3600 + mi * 60 + sec - sign * (off_h * 3600 + off_m * 60);
+	if (t < 0)
+		return RB_EINVAL;
+	*out = (uint64_t)t * 1000000u + (uint64_t)frac_us;
+	return 0;
+}

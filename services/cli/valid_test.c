@@ -296,6 +296,163 @@ static void test_secret_sources(void **state)
 	unlink(path);
 }
 
+static void test_yes_no(void **state)
+{
+	const char *bad[] = {"", "y", "n", "Yes", "NO", "true", "1", "0", "yes ", " no", "yess"};
+	bool v = false;
+
+	(void)state;
+	assert_int_equal(cli_parse_yes_no("yes", &v), 0);
+	assert_true(v);
+	assert_int_equal(cli_parse_yes_no("no", &v), 0);
+	assert_false(v);
+	v = true;
+	for (size_t i = 0; i < N(bad); i++)
+		assert_int_equal(cli_parse_yes_no(bad[i], &v), RB_EINVAL);
+	assert_int_equal(cli_parse_yes_no(NULL, &v), RB_EINVAL);
+	assert_true(v); // untouched by refusals
+}
+
+static void test_milli(void **state)
+{
+	static const struct {
+		const char *in;
+		int want;
+	} good[] = {{"0", 0},        {"1", 1000},   {"0.2", 200}, {"0.25", 250}, {"0.125", 125},
+	            {"1.000", 1000}, {"1.0", 1000}, {"0.001", 1}, {"0.0", 0},    {"0.999", 999}};
+	const char *bad[] = {"",     "1.5",  "2",    "1.001", "-0.1", "0.1234", ".5",
+	                     "0.",   "01",   "10",   "0,5",   "1e-1", "nan",    "0.2 ",
+	                     " 0.2", "+0.2", "0.2x", "1..0",  "0.-1"};
+	char text[16];
+	int v = -1;
+
+	(void)state;
+	for (size_t i = 0; i < N(good); i++) {
+		assert_int_equal(cli_parse_milli(good[i].in, &v), 0);
+		assert_int_equal(v, good[i].want);
+	}
+	v = 7;
+	for (size_t i = 0; i < N(bad); i++)
+		assert_int_equal(cli_parse_milli(bad[i], &v), RB_EINVAL);
+	assert_int_equal(v, 7);
+	assert_int_equal(cli_parse_milli(NULL, &v), RB_EINVAL);
+	cli_milli_text(200, text, sizeof text);
+	assert_string_equal(text, "0.200");
+	cli_milli_text(1000, text, sizeof text);
+	assert_string_equal(text, "1.000");
+	cli_milli_text(5, text, sizeof text);
+	assert_string_equal(text, "0.005");
+}
+
+static void test_weights(void **state)
+{
+	int w[CLI_WEIGHTS] = {-1, -1, -1, -1, -1};
+	char err[256];
+
+	(void)state;
+	assert_int_equal(cli_parse_weights("0.3,0.25,0.15,0.15,0.15", w, err, sizeof err), 0);
+	assert_int_equal(w[0], 300);
+	assert_int_equal(w[1], 250);
+	assert_int_equal(w[2], 150);
+	assert_int_equal(w[3], 150);
+	assert_int_equal(w[4], 150);
+	assert_int_equal(cli_parse_weights("1,0,0,0,0", w, err, sizeof err), 0);
+	assert_int_equal(w[0], 1000);
+	assert_int_equal(w[4], 0);
+	// Thousandths add up exactly: 0.333 + 0.333 + 0.334 is 1, with no float on the way.
+	assert_int_equal(cli_parse_weights("0.333,0.333,0.334,0,0", w, err, sizeof err), 0);
+	assert_int_equal(w[2], 334);
+
+	// The sum is named, with three decimals.
+	assert_int_equal(cli_parse_weights("0.3,0.25,0.15,0.15,0.05", w, err, sizeof err),
+	                 RB_EINVAL);
+	assert_string_equal(err, "weights must add up to 1 (they add up to 0.900)");
+	assert_int_equal(w[0], 333); // untouched by a refusal
+	assert_int_equal(cli_parse_weights("1,1,0,0,0", w, err, sizeof err), RB_EINVAL);
+	assert_string_equal(err, "weights must add up to 1 (they add up to 2.000)");
+	assert_int_equal(cli_parse_weights("0,0,0,0,0", w, err, sizeof err), RB_EINVAL);
+	assert_string_equal(err, "weights must add up to 1 (they add up to 0.000)");
+
+	// Count and shape.
+	assert_int_equal(cli_parse_weights("0.5,0.5", w, err, sizeof err), RB_EINVAL);
+	assert_non_null(strstr(err, "got 2"));
+	assert_int_equal(cli_parse_weights("0.2,0.2,0.2,0.2,0.1,0.1", w, err, sizeof err),
+	                 RB_EINVAL);
+	assert_non_null(strstr(err, "five weights"));
+	assert_int_equal(cli_parse_weights("", w, err, sizeof err), RB_EINVAL);
+	assert_int_equal(cli_parse_weights("0.3,0.25,,0.15,0.3", w, err, sizeof err), RB_EINVAL);
+	assert_non_null(strstr(err, "conversion"));
+	assert_int_equal(cli_parse_weights("0.3,0.25,0.15,1.5,0", w, err, sizeof err), RB_EINVAL);
+	assert_non_null(strstr(err, "answer rate weight '1.5'"));
+	assert_int_equal(cli_parse_weights("0.3,0.25,0.15,0.15,-0.15", w, err, sizeof err),
+	                 RB_EINVAL);
+	assert_non_null(strstr(err, "handle time"));
+	assert_int_equal(cli_parse_weights("0.3,0.25,0.15,0.15,0.1500", w, err, sizeof err),
+	                 RB_EINVAL);
+	assert_int_equal(
+	        cli_parse_weights("0.30000000000000000000001,0,0,0,0.7", w, err, sizeof err),
+	        RB_EINVAL);
+	assert_int_equal(cli_parse_weights(NULL, w, err, sizeof err), RB_EINVAL);
+}
+
+static void test_iso_time(void **state)
+{
+	static const struct {
+		const char *in;
+		uint64_t want;
+	} good[] = {
+	        {"1970-01-01", 0},
+	        {"1970-01-01T00:00:01Z", 1000000},
+	        {"2023-11-14T22:13:20Z", 1700000000000000ull},
+	        {"2023-11-14T22:13:20.3Z", 1700000000300000ull},
+	        {"2023-11-14T22:13:20.123456Z", 1700000000123456ull},
+	        {"2023-11-14T22:13:20", 1700000000000000ull},
+	        {"2023-11-14 22:13:20", 1700000000000000ull},
+	        {"2023-11-14T22:13Z", 1700000000000000ull - 20000000},
+	        {"2023-11-15T00:13:20+02:00", 1700000000000000ull},
+	        {"2023-11-14T20:13:20-0200", 1700000000000000ull},
+	        {"2023-11-14T23:13:20+01", 1700000000000000ull},
+	        {"2024-02-29T00:00:00Z", 1709164800000000ull},
+	        {"2000-02-29", 951782400000000ull},
+	        {"2026-12-31T23:59:59Z", 1798761599000000ull},
+	};
+	const char *bad[] = {"",
+	                     "2023",
+	                     "2023-11",
+	                     "2023-11-14T",
+	                     "2023-11-14T22",
+	                     "2023-13-01",
+	                     "2023-00-10",
+	                     "2023-11-31",
+	                     "2023-02-29",
+	                     "1900-02-29",
+	                     "2023-11-14T24:00:00Z",
+	                     "2023-11-14T22:60:00Z",
+	                     "2023-11-14T22:13:60Z",
+	                     "2023-11-14T22:13:20.Z",
+	                     "2023-11-14T22:13:20.1234567Z",
+	                     "2023-11-14T22:13:20ZZ",
+	                     "2023-11-14T22:13:20+15:00",
+	                     "2023-11-14T22:13:20 UTC",
+	                     "1969-12-31T23:59:59Z",
+	                     "23-11-14",
+	                     "2023/11/14",
+	                     "now",
+	                     "1970-01-01T00:30:00+01:00"};
+	uint64_t v = 42;
+
+	(void)state;
+	for (size_t i = 0; i < N(good); i++) {
+		assert_int_equal(cli_parse_iso_us(good[i].in, &v), 0);
+		assert_int_equal(v, good[i].want);
+	}
+	v = 42;
+	for (size_t i = 0; i < N(bad); i++)
+		assert_int_equal(cli_parse_iso_us(bad[i], &v), RB_EINVAL);
+	assert_int_equal(cli_parse_iso_us(NULL, &v), RB_EINVAL);
+	assert_int_equal(v, 42);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -310,6 +467,10 @@ int main(void)
 	        cmocka_unit_test(test_csv_skips),
 	        cmocka_unit_test(test_csv_refusals),
 	        cmocka_unit_test(test_secret_sources),
+	        cmocka_unit_test(test_yes_no),
+	        cmocka_unit_test(test_milli),
+	        cmocka_unit_test(test_weights),
+	        cmocka_unit_test(test_iso_time),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
