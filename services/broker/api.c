@@ -1,5 +1,6 @@
 // The call API (req/rep): telephony's CallArrived, CallAnswered, CallHangup, the CallQuery long
-// poll, StatusQuery and ExplainQuery; every change is answered once the journal has it.
+// poll, StatusQuery, ExplainQuery and RecordOutcomes; every change is answered once the journal
+// has it, and outcomes once billing has them.
 #include "broker.h"
 
 #include <stdio.h>
@@ -268,9 +269,12 @@ static void on_arrived(broker *b, rb_bus_req *req, Ringbid__CallRequest *request
 		create_call(b, req, a, prog);
 		goto done;
 	}
-	if (!broker_programs_ready(&b->programs)) {
+	// Loaded once but the database is away now: an unknown program cannot be asked about.
+	// Before the first load (a broker just started, answering a call telephony sent while it
+	// was down) the lookup below waits for the connection instead of turning the call away.
+	if (!broker_programs_ready(&b->programs) && b->programs.loaded) {
 		refuse(b, req, loggable_id(a->call_id), RB_EBUSY,
-		       "programs are not loaded yet; try again");
+		       "programs cannot be read now; try again");
 		goto done;
 	}
 	// Perhaps added a moment ago, its notification still on the way: ask once.
@@ -508,6 +512,33 @@ void broker_api_status_http(rb_http_req *req, void *arg)
 	free(json);
 }
 
+// --- RecordOutcomes -----------------------------------------------------------------------
+
+static void on_outcomes(broker *b, rb_bus_req *req, Ringbid__RecordOutcomes *ro)
+{
+	const char *id = ro->n_outcomes > 0 && ro->outcomes[0] != NULL
+	                         ? loggable_id(ro->outcomes[0]->call_id)
+	                         : NULL;
+	// Live, or ended within the hour: its CDR is in the outbox or already with billing, so
+	// billing may take outcomes that arrive before the CDR does.
+	bool known = id != NULL && broker_book_find(&b->book, id) != NULL;
+	char why[BROKER_OUTCOME_WHY_MAX];
+	int rc = broker_outcomes_check(ro, rb_now_us(), known, why, sizeof(why));
+	if (rc != 0) {
+		refuse(b, req, id, rc, why);
+		return;
+	}
+	rc = broker_outcomes_forward(&b->outcomes, req, ro);
+	if (rc == 0)
+		return;
+	if (rc == RB_EBUSY)
+		refuse(b, req, id, RB_EBUSY,
+		       "too many outcome requests waiting for billing; try again");
+	else
+		refuse(b, req, id, rc == RB_ENOMEM ? RB_ENOMEM : RB_EBUSY,
+		       "the outcomes cannot be sent to billing now; try again");
+}
+
 // --- dispatch -----------------------------------------------------------------------------
 
 static void on_request(rb_bus *bus, rb_bus_req *req, nng_msg *msg, void *arg)
@@ -552,6 +583,9 @@ static void on_request(rb_bus *bus, rb_bus_req *req, nng_msg *msg, void *arg)
 		break;
 	case RINGBID__CALL_REQUEST__BODY_EXPLAIN:
 		on_explain(b, req, r->explain);
+		break;
+	case RINGBID__CALL_REQUEST__BODY_OUTCOMES:
+		on_outcomes(b, req, r->outcomes);
 		break;
 	default:
 		refuse(b, req, NULL, RB_EINVAL, "empty request");

@@ -9,6 +9,7 @@
 #include "journal.h"
 #include "kpi.h"
 #include "outbox.h"
+#include "outcomes.h"
 #include "programs.h"
 #include "rb_bus.h"
 #include "rb_metrics.h"
@@ -47,6 +48,7 @@ typedef struct broker {
 	broker_book book;
 	broker_journal *journal;
 	broker_outbox outbox;
+	broker_outcomes outcomes; // RecordOutcomes waiting for billing
 	broker_programs programs;
 	broker_kpi kpi;
 	broker_metrics m;
@@ -64,6 +66,7 @@ typedef struct broker {
 	int npolls;
 	uv_timer_t stop_timer;
 	bool stop_timer_init;
+	bool drained; // stopping: the journal has everything
 	bool closed;
 	char journal_path[PATH_MAX];
 } broker;
@@ -100,7 +103,8 @@ void broker_kpi_snapshot(broker *b, broker_kpi_now *now);
 void broker_update_gauges(broker *b);
 void broker_refresh_ready(broker *b);
 void broker_janitor(broker *b);
-// SIGTERM: refuses new work, waits for the journal, then closes everything.
+// SIGTERM: refuses new work, waits for the journal and for billing's answers to outcomes
+// (answering those still waiting at the deadline with RB_EBUSY), then closes everything.
 void broker_stop(broker *b);
 // Closes every handle the broker owns (idempotent).
 void broker_close(broker *b);

@@ -128,6 +128,7 @@ static void call_free(broker_call *c)
 	broker_skills_free(c->skills, c->nskills);
 	free(c->excluded);
 	free(c->decisions);
+	free(c->offer_log);
 	free(c);
 }
 
@@ -360,6 +361,66 @@ static int add_decision(broker_call *c, const broker_decision *d)
 	return 0;
 }
 
+// Makes room for the next entry of the offer log, so that the append after it cannot fail.
+static int offer_log_reserve(broker_call *c)
+{
+	if (c->noffer_log < c->capoffer_log || c->capoffer_log == BROKER_OFFER_LOG_MAX)
+		return 0;
+	// Most calls see one or two offers: grow by doubling rather than hold the bound in each.
+	uint32_t cap = c->capoffer_log ? c->capoffer_log * 2 : 2;
+	if (cap > BROKER_OFFER_LOG_MAX)
+		cap = BROKER_OFFER_LOG_MAX;
+	broker_offer_entry *log = realloc(c->offer_log, cap * sizeof(*log));
+	if (log == NULL)
+		return RB_ENOMEM;
+	c->offer_log = log;
+	c->capoffer_log = cap;
+	return 0;
+}
+
+static void offer_log_append(broker_call *c, uint64_t agent_id, uint64_t offered_us,
+                             Ringbid__OfferResultCode result)
+{
+	// At the bound the oldest entry gives way: a call offered 64 times has told the answer
+	// rate enough, and its record must stay bounded.
+	if (c->noffer_log == BROKER_OFFER_LOG_MAX) {
+		memmove(c->offer_log, c->offer_log + 1,
+		        (c->noffer_log - 1) * sizeof(*c->offer_log));
+		c->noffer_log--;
+	}
+	broker_offer_entry *e = &c->offer_log[c->noffer_log++];
+	e->agent_id = agent_id;
+	e->offered_us = offered_us;
+	e->result = result;
+}
+
+// How an event ends the current offer, for the offer log. False when it does not end an offer,
+// or ends it by no doing of the agent's: an offer withdrawn because the caller hung up or the
+// call overflowed says nothing about the agent's answer rate, so it is left out of the log.
+static bool offer_result(broker_event_kind kind, Ringbid__OfferResultCode *out)
+{
+	switch (kind) {
+	case BROKER_EV_CONNECT:
+		*out = RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED;
+		return true;
+	case BROKER_EV_DECLINED:
+		*out = RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED;
+		return true;
+	case BROKER_EV_OFFER_TIMEOUT:
+		*out = RINGBID__OFFER_RESULT_CODE__OFFER_TIMEOUT;
+		return true;
+	case BROKER_EV_OFFER_LOST:
+	case BROKER_EV_RING_EXPIRED: // no result at all within the backstop: the agent is lost
+		*out = RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST;
+		return true;
+	case BROKER_EV_REFUSED:
+		*out = RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED;
+		return true;
+	default:
+		return false;
+	}
+}
+
 static bool event_matches(const broker_call *c, const broker_event *ev)
 {
 	if (ev->agent_id != 0 && ev->agent_id != c->agent_id)
@@ -397,6 +458,8 @@ static int check(const broker_book *book, const broker_call *c, const broker_eve
 		if (broker_book_agent_call(book, c->agent_id) != c)
 			return RB_EBUSY;
 		return 0;
+	case BROKER_EV_DECLINED:
+	case BROKER_EV_OFFER_TIMEOUT:
 	case BROKER_EV_OFFER_LOST:
 	case BROKER_EV_RING_EXPIRED:
 	case BROKER_EV_REFUSED:
@@ -428,6 +491,7 @@ static void requeue(broker_call *c, const broker_event *ev)
 	c->state = BROKER_CALL_QUEUED;
 	c->agent_id = 0;
 	c->offer_id = 0;
+	c->offer_us = 0;
 	c->queued_mono_us = ev->now_mono_us;
 }
 
@@ -451,7 +515,11 @@ int broker_call_apply(broker_book *book, broker_call *c, const broker_event *ev,
 	fx->agent_id = c->agent_id;
 	fx->offer_id = c->offer_id;
 
-	// Allocation that can fail happens before any index is touched.
+	// Allocation that can fail happens before anything is changed.
+	Ringbid__OfferResultCode result = RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED;
+	bool logged = from == BROKER_CALL_OFFERED && offer_result(ev->kind, &result);
+	if (logged && (rc = offer_log_reserve(c)) != 0)
+		return rc;
 	if (ev->kind == BROKER_EV_OFFER) {
 		broker_decision d;
 		if (ev->decision != NULL) {
@@ -467,13 +535,16 @@ int broker_call_apply(broker_book *book, broker_call *c, const broker_event *ev,
 		if (c->ndecisions > 0 && c->decisions[c->ndecisions - 1].agent_id != ev->agent_id)
 			c->missed = 0;
 		rc = add_decision(c, &d);
-	} else if (ev->kind == BROKER_EV_OFFER_LOST || ev->kind == BROKER_EV_RING_EXPIRED) {
+	} else if (ev->kind == BROKER_EV_DECLINED || ev->kind == BROKER_EV_OFFER_TIMEOUT ||
+	           ev->kind == BROKER_EV_OFFER_LOST || ev->kind == BROKER_EV_RING_EXPIRED) {
 		rc = exclude(c, c->agent_id);
 	} else if (ev->kind == BROKER_EV_REFUSED && c->missed + 1 >= BROKER_REFUSALS_EXCLUDE) {
 		rc = exclude(c, c->agent_id);
 	}
 	if (rc != 0)
 		return rc;
+	if (logged)
+		offer_log_append(c, c->agent_id, c->offer_us, result);
 
 	index_leave(book, c);
 	switch (ev->kind) {
@@ -487,8 +558,9 @@ int broker_call_apply(broker_book *book, broker_call *c, const broker_event *ev,
 		c->agent_id = ev->agent_id;
 		c->offer_id = ev->offer_id;
 		c->offers++;
+		c->offer_us = at_least(ev->now_us, c->arrived_us);
 		if (c->offered_us == 0)
-			c->offered_us = at_least(ev->now_us, c->arrived_us);
+			c->offered_us = c->offer_us;
 		c->offer_mono_us = ev->now_mono_us;
 		fx->flags = BROKER_FX_OFFER;
 		fx->agent_id = c->agent_id;
@@ -501,6 +573,8 @@ int broker_call_apply(broker_book *book, broker_call *c, const broker_event *ev,
 		c->missed = 0;
 		fx->flags = BROKER_FX_DEQUEUE;
 		break;
+	case BROKER_EV_DECLINED:
+	case BROKER_EV_OFFER_TIMEOUT:
 	case BROKER_EV_OFFER_LOST:
 		requeue(c, ev);
 		fx->flags = BROKER_FX_ENQUEUE;
@@ -635,6 +709,14 @@ static int fill_from_record(broker_call *c, const Ringbid__CallRecord *rec)
 		if ((rc = add_decision(c, &d)) != 0)
 			return rc;
 	}
+	first = rec->n_offer_log > BROKER_OFFER_LOG_MAX ? rec->n_offer_log - BROKER_OFFER_LOG_MAX
+	                                                : 0;
+	for (size_t i = first; i < rec->n_offer_log; i++) {
+		const Ringbid__CdrOffer *o = rec->offer_log[i];
+		if ((rc = offer_log_reserve(c)) != 0)
+			return rc;
+		offer_log_append(c, o->agent_id, o->offered_us, o->result);
+	}
 	return 0;
 }
 
@@ -654,6 +736,13 @@ static bool record_usable(const Ringbid__CallRecord *rec)
 	for (size_t i = 0; i < rec->n_decisions; i++)
 		if (rec->decisions[i] == NULL)
 			return false;
+	for (size_t i = 0; i < rec->n_offer_log; i++) {
+		const Ringbid__CdrOffer *o = rec->offer_log[i];
+		if (o == NULL || o->agent_id == 0 ||
+		    (int)o->result < RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED ||
+		    (int)o->result > RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED)
+			return false;
+	}
 	if (state_at_agent((broker_call_state)info->state) && info->agent_id == 0)
 		return false;
 	return true;
@@ -721,6 +810,10 @@ int broker_book_restore(broker_book *book, const Ringbid__CallRecord *rec, uint6
 	// by more than the time the broker was down.
 	uint64_t offer_at = c->ndecisions ? c->decisions[c->ndecisions - 1].at_us : now_us;
 	c->offer_mono_us = mono_of(at_least(offer_at, c->arrived_us), now_us, now_mono_us);
+	// The record does not carry the current offer's start; its decision is the best witness,
+	// and the same one the backstop above is measured from.
+	if (c->state == BROKER_CALL_OFFERED)
+		c->offer_us = at_least(offer_at, c->arrived_us);
 
 	if (old != NULL) {
 		index_leave(book, old);
@@ -734,6 +827,14 @@ int broker_book_restore(broker_book *book, const Ringbid__CallRecord *rec, uint6
 	if (out)
 		*out = c;
 	return 0;
+}
+
+// Keeps a score basis only when it is one the auction defines; anything else is left unsaid.
+static void copy_basis(char *dst, const char *src)
+{
+	dst[0] = '\0';
+	if (src != NULL && (strcmp(src, "program") == 0 || strcmp(src, "overall") == 0))
+		strcpy(dst, src);
 }
 
 void broker_decision_from_pb(const Ringbid__Decision *d, broker_decision *out)
@@ -751,6 +852,8 @@ void broker_decision_from_pb(const Ringbid__Decision *d, broker_decision *out)
 	out->available_since_us = d->available_since_us;
 	if (d->reason != NULL && rb_valid_text(d->reason, BROKER_REASON_MAX))
 		strcpy(out->reason, d->reason);
+	copy_basis(out->score_basis, d->score_basis);
+	copy_basis(out->runner_up_basis, d->runner_up_basis);
 }
 
 void broker_call_info(const broker_call *c, Ringbid__CallInfo *info)
@@ -797,10 +900,34 @@ static int decisions_pb(const broker_call *c, broker_arena *a, Ringbid__Decision
 		ds[i].exploratory = d->exploratory;
 		ds[i].reason = (char *)d->reason;
 		ds[i].available_since_us = d->available_since_us;
+		ds[i].score_basis = (char *)d->score_basis;
+		ds[i].runner_up_basis = (char *)d->runner_up_basis;
 		ptrs[i] = &ds[i];
 	}
 	*out = ptrs;
 	*n = c->ndecisions;
+	return 0;
+}
+
+static int offer_log_pb(const broker_call *c, broker_arena *a, Ringbid__CdrOffer ***out, size_t *n)
+{
+	*out = NULL;
+	*n = 0;
+	if (c->noffer_log == 0)
+		return 0;
+	Ringbid__CdrOffer **ptrs = broker_arena_alloc(a, c->noffer_log * sizeof(*ptrs));
+	Ringbid__CdrOffer *os = broker_arena_alloc(a, c->noffer_log * sizeof(*os));
+	if (ptrs == NULL || os == NULL)
+		return RB_ENOMEM;
+	for (uint32_t i = 0; i < c->noffer_log; i++) {
+		ringbid__cdr_offer__init(&os[i]);
+		os[i].agent_id = c->offer_log[i].agent_id;
+		os[i].offered_us = c->offer_log[i].offered_us;
+		os[i].result = c->offer_log[i].result;
+		ptrs[i] = &os[i];
+	}
+	*out = ptrs;
+	*n = c->noffer_log;
 	return 0;
 }
 
@@ -817,7 +944,10 @@ int broker_call_record(const broker_call *c, broker_arena *a, Ringbid__CallRecor
 	rec->offer_id = c->offer_id;
 	rec->caller_masked = (char *)c->caller_masked;
 	rec->missed = c->missed;
-	return decisions_pb(c, a, &rec->decisions, &rec->n_decisions);
+	int rc = decisions_pb(c, a, &rec->decisions, &rec->n_decisions);
+	if (rc == 0)
+		rc = offer_log_pb(c, a, &rec->offer_log, &rec->n_offer_log);
+	return rc;
 }
 
 int broker_call_explain(const broker_call *c, broker_arena *a, Ringbid__ExplainReply *ex)
@@ -846,7 +976,16 @@ void broker_call_enqueue(const broker_call *c, Ringbid__Enqueue *eq)
 	eq->excluded = c->excluded;
 }
 
-void broker_call_cdr(const broker_call *c, Ringbid__Cdr *cdr)
+bool broker_call_exploratory(const broker_call *c)
+{
+	if (c->answered_us == 0 || c->agent_id == 0 || c->ndecisions == 0)
+		return false;
+	// Every offer adds its decision, so the newest is the one of the offer that connected.
+	const broker_decision *d = &c->decisions[c->ndecisions - 1];
+	return d->agent_id == c->agent_id && d->exploratory;
+}
+
+int broker_call_cdr(const broker_call *c, broker_arena *a, Ringbid__Cdr *cdr)
 {
 	ringbid__cdr__init(cdr);
 	cdr->cdr_id = (char *)c->id;
@@ -866,4 +1005,6 @@ void broker_call_cdr(const broker_call *c, Ringbid__Cdr *cdr)
 	cdr->resolved = talked && c->resolved;
 	cdr->review = c->review;
 	cdr->offers = c->offers;
+	cdr->exploratory = talked && broker_call_exploratory(c);
+	return offer_log_pb(c, a, &cdr->offer_log, &cdr->n_offer_log);
 }

@@ -20,6 +20,8 @@
 #define BROKER_MASKED_MAX       72   // masked caller, as stored and shown
 #define BROKER_REASON_MAX       128  // decision reason text
 #define BROKER_DECISIONS_MAX    64   // decisions kept per call (the newest)
+#define BROKER_OFFER_LOG_MAX    64   // ended offers kept per call (the newest)
+#define BROKER_BASIS_MAX        15   // "program" or "overall"
 #define BROKER_EXCLUDED_MAX     4096 // agents excluded from one call
 #define BROKER_REFUSALS_EXCLUDE 3    // REFUSED offers in a row before the agent is excluded
 #define BROKER_PRIORITY_MIN     (-1000)
@@ -43,16 +45,18 @@ typedef enum {
 } broker_disposition;
 
 typedef enum {
-	BROKER_EV_QUEUE,        // ARRIVED -> QUEUED
-	BROKER_EV_OFFER,        // QUEUED -> OFFERED to agent_id with offer_id and decision
-	BROKER_EV_CONNECT,      // OFFERED -> CONNECTED: agent accepted, or telephony saw the answer
-	BROKER_EV_OFFER_LOST,   // OFFERED -> QUEUED: declined, ring timeout, agent lost; excluded
-	BROKER_EV_RING_EXPIRED, // OFFERED -> QUEUED: no result by the backstop; excluded
-	BROKER_EV_REFUSED,      // OFFERED -> QUEUED: agent was busy; excluded after 3 in a row
-	BROKER_EV_HANGUP,       // telephony: QUEUED/OFFERED -> abandoned, CONNECTED -> completed
-	BROKER_EV_AGENT_HANGUP, // the agent: CONNECTED -> completed
-	BROKER_EV_MAX_WAIT,     // QUEUED/OFFERED -> overflow
-	BROKER_EV_MAX_TALK,     // CONNECTED -> completed, flagged for review
+	BROKER_EV_QUEUE,    // ARRIVED -> QUEUED
+	BROKER_EV_OFFER,    // QUEUED -> OFFERED to agent_id with offer_id and decision
+	BROKER_EV_CONNECT,  // OFFERED -> CONNECTED: agent accepted, or telephony saw the answer
+	BROKER_EV_DECLINED, // OFFERED -> QUEUED: the agent declined; excluded
+	BROKER_EV_OFFER_TIMEOUT, // OFFERED -> QUEUED: the agent let it ring out; excluded
+	BROKER_EV_OFFER_LOST,    // OFFERED -> QUEUED: agent lost (heartbeat, client gone); excluded
+	BROKER_EV_RING_EXPIRED,  // OFFERED -> QUEUED: no result by the backstop; excluded
+	BROKER_EV_REFUSED,       // OFFERED -> QUEUED: agent was busy; excluded after 3 in a row
+	BROKER_EV_HANGUP,        // telephony: QUEUED/OFFERED -> abandoned, CONNECTED -> completed
+	BROKER_EV_AGENT_HANGUP,  // the agent: CONNECTED -> completed
+	BROKER_EV_MAX_WAIT,      // QUEUED/OFFERED -> overflow
+	BROKER_EV_MAX_TALK,      // CONNECTED -> completed, flagged for review
 } broker_event_kind;
 
 typedef struct broker_decision {
@@ -65,7 +69,16 @@ typedef struct broker_decision {
 	bool exploratory;
 	uint64_t available_since_us;
 	char reason[BROKER_REASON_MAX + 1];
+	char score_basis[BROKER_BASIS_MAX + 1]; // "program", "overall" or "" (not said)
+	char runner_up_basis[BROKER_BASIS_MAX + 1];
 } broker_decision;
+
+// One ended offer of a call and how it ended (the answer rate of DESIGN §6).
+typedef struct broker_offer_entry {
+	uint64_t agent_id;
+	uint64_t offered_us;             // UTC start of the offer
+	Ringbid__OfferResultCode result; // accepted, declined, timeout, agent lost, refused
+} broker_offer_entry;
 
 typedef struct broker_event {
 	broker_event_kind kind;
@@ -115,6 +128,7 @@ struct broker_call {
 	uint64_t agent_id; // offered or connected; after ENDED the connected agent, else 0
 	uint64_t offer_id; // current offer (OFFERED), the offer that connected (CONNECTED, ENDED)
 	uint64_t arrived_us, offered_us, answered_us, ended_us;
+	uint64_t offer_us; // UTC start of the current offer (offered_us is the first offer's)
 	uint64_t version;
 	uint32_t offers;
 	uint32_t missed; // REFUSED in a row by the agent of the newest decision
@@ -124,6 +138,8 @@ struct broker_call {
 	uint32_t nexcluded, capexcluded;
 	broker_decision *decisions; // owned; oldest first, at most BROKER_DECISIONS_MAX
 	uint32_t ndecisions;
+	broker_offer_entry *offer_log; // owned; oldest first, at most BROKER_OFFER_LOG_MAX
+	uint32_t noffer_log, capoffer_log;
 	// Monotonic anchors of the timers (rebuilt from the UTC times at replay).
 	uint64_t arrived_mono_us, offer_mono_us, answered_mono_us, queued_mono_us;
 	// When a match was last handed back because its agent still held another call; not
@@ -233,8 +249,12 @@ void broker_call_info(const broker_call *c, Ringbid__CallInfo *info);
 int broker_call_record(const broker_call *c, broker_arena *a, Ringbid__CallRecord *rec);
 int broker_call_explain(const broker_call *c, broker_arena *a, Ringbid__ExplainReply *ex);
 void broker_call_enqueue(const broker_call *c, Ringbid__Enqueue *eq);
-// The CDR of an ended call (DESIGN §5: talk time only, whole seconds).
-void broker_call_cdr(const broker_call *c, Ringbid__Cdr *cdr);
+// The CDR of an ended call (DESIGN §5: talk time only, whole seconds), with the offer log and
+// whether the offer that connected was exploratory. Returns 0 or RB_ENOMEM.
+int broker_call_cdr(const broker_call *c, broker_arena *a, Ringbid__Cdr *cdr);
+// True when the call connected through an offer the auction made by the program's exploration
+// share (the Decision of the offer that connected).
+bool broker_call_exploratory(const broker_call *c);
 // A decision from a Match (validated by the caller).
 void broker_decision_from_pb(const Ringbid__Decision *d, broker_decision *out);
 

@@ -17,11 +17,13 @@
 
 static broker_book book;
 static broker_book *bk = &book; // the book the helpers use
+static broker_arena arena;      // message views built by a test, freed by teardown
 
 static int setup(void **state)
 {
 	(void)state;
 	broker_book_init(&book, 1000, 3600 * SEC);
+	broker_arena_init(&arena);
 	return 0;
 }
 
@@ -29,7 +31,13 @@ static int teardown(void **state)
 {
 	(void)state;
 	broker_book_fini(&book);
+	broker_arena_fini(&arena);
 	return 0;
+}
+
+static void cdr_of(const broker_call *c, Ringbid__Cdr *cdr)
+{
+	assert_int_equal(broker_call_cdr(c, &arena, cdr), 0);
 }
 
 static broker_call *add(const char *id, uint64_t at)
@@ -100,21 +108,23 @@ static void test_transition_matrix(void **state)
 {
 	(void)state;
 	static const broker_event_kind kinds[] = {
-	        BROKER_EV_QUEUE,      BROKER_EV_OFFER,        BROKER_EV_CONNECT,
-	        BROKER_EV_OFFER_LOST, BROKER_EV_RING_EXPIRED, BROKER_EV_REFUSED,
-	        BROKER_EV_HANGUP,     BROKER_EV_AGENT_HANGUP, BROKER_EV_MAX_WAIT,
-	        BROKER_EV_MAX_TALK,
+	        BROKER_EV_QUEUE,        BROKER_EV_OFFER,         BROKER_EV_CONNECT,
+	        BROKER_EV_DECLINED,     BROKER_EV_OFFER_TIMEOUT, BROKER_EV_OFFER_LOST,
+	        BROKER_EV_RING_EXPIRED, BROKER_EV_REFUSED,       BROKER_EV_HANGUP,
+	        BROKER_EV_AGENT_HANGUP, BROKER_EV_MAX_WAIT,      BROKER_EV_MAX_TALK,
+	};
+	enum {
+		Q = BROKER_CALL_QUEUED,
+		O = BROKER_CALL_OFFERED,
+		K = BROKER_CALL_CONNECTED,
+		E = BROKER_CALL_ENDED
 	};
 	// expected[state][event]: resulting state, or 0 for refused.
-	static const int expected[6][10] = {
-	        [BROKER_CALL_ARRIVED] = {BROKER_CALL_QUEUED, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-	        [BROKER_CALL_QUEUED] = {0, BROKER_CALL_OFFERED, 0, 0, 0, 0, BROKER_CALL_ENDED, 0,
-	                                BROKER_CALL_ENDED, 0},
-	        [BROKER_CALL_OFFERED] = {0, 0, BROKER_CALL_CONNECTED, BROKER_CALL_QUEUED,
-	                                 BROKER_CALL_QUEUED, BROKER_CALL_QUEUED, BROKER_CALL_ENDED,
-	                                 0, BROKER_CALL_ENDED, 0},
-	        [BROKER_CALL_CONNECTED] = {0, 0, 0, 0, 0, 0, BROKER_CALL_ENDED, BROKER_CALL_ENDED,
-	                                   0, BROKER_CALL_ENDED},
+	static const int expected[6][12] = {
+	        [BROKER_CALL_ARRIVED] = {Q, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+	        [BROKER_CALL_QUEUED] = {0, O, 0, 0, 0, 0, 0, 0, E, 0, E, 0},
+	        [BROKER_CALL_OFFERED] = {0, 0, K, Q, Q, Q, Q, Q, E, 0, E, 0},
+	        [BROKER_CALL_CONNECTED] = {0, 0, 0, 0, 0, 0, 0, 0, E, E, 0, E},
 	        [BROKER_CALL_ENDED] = {0},
 	};
 	int n = 0;
@@ -283,7 +293,7 @@ static void test_max_talk_review(void **state)
 	assert_true(c->review);
 	assert_int_equal(c->disposition, BROKER_DISP_COMPLETED);
 	Ringbid__Cdr cdr;
-	broker_call_cdr(c, &cdr);
+	cdr_of(c, &cdr);
 	assert_true(cdr.review);
 	assert_int_equal(cdr.talk_s, 7200);
 }
@@ -330,7 +340,7 @@ static void test_cdr_fields(void **state)
 	assert_int_equal(ev_at(c, BROKER_EV_OFFER, 42, 2, 6 * SEC, NULL), 0);
 	assert_int_equal(ev_at(c, BROKER_EV_CONNECT, 42, 2, 8 * SEC, NULL), 0);
 	assert_int_equal(ev_at(c, BROKER_EV_HANGUP, 0, 0, 8 * SEC + 125999999, NULL), 0);
-	broker_call_cdr(c, &cdr);
+	cdr_of(c, &cdr);
 	assert_string_equal(cdr.cdr_id, "cdr-c");
 	assert_string_equal(cdr.call_id, "cdr-c");
 	assert_string_equal(cdr.program, "sales");
@@ -348,7 +358,7 @@ static void test_cdr_fields(void **state)
 	// Abandoned while ringing: offered but never answered, no agent, no talk.
 	broker_call *o = call_in("cdr-o", BROKER_CALL_OFFERED);
 	assert_int_equal(ev_at(o, BROKER_EV_HANGUP, 0, 0, 9 * SEC, NULL), 0);
-	broker_call_cdr(o, &cdr);
+	cdr_of(o, &cdr);
 	assert_int_equal(cdr.agent_id, 0);
 	assert_int_equal(cdr.offered_us, T0 + 2 * SEC);
 	assert_int_equal(cdr.answered_us, 0);
@@ -359,7 +369,7 @@ static void test_cdr_fields(void **state)
 	// Overflow without an offer.
 	broker_call *q = call_in("cdr-q", BROKER_CALL_QUEUED);
 	assert_int_equal(ev_at(q, BROKER_EV_MAX_WAIT, 0, 0, 600 * SEC, NULL), 0);
-	broker_call_cdr(q, &cdr);
+	cdr_of(q, &cdr);
 	assert_int_equal(cdr.offered_us, 0);
 	assert_int_equal(cdr.talk_s, 0);
 	assert_int_equal(cdr.disposition, RINGBID__DISPOSITION__DISP_OVERFLOW);
@@ -369,7 +379,7 @@ static void test_cdr_fields(void **state)
 	broker_event back = {.kind = BROKER_EV_HANGUP, .now_us = T0, .now_mono_us = M0};
 	broker_effects fx;
 	assert_int_equal(broker_call_apply(&book, w, &back, &fx), 0);
-	broker_call_cdr(w, &cdr);
+	cdr_of(w, &cdr);
 	assert_true(cdr.ended_us >= cdr.answered_us);
 	assert_int_equal(cdr.talk_s, 0);
 }
@@ -583,9 +593,17 @@ static void test_program_rows(void **state)
 	(void)state;
 	broker_programs p;
 	broker_programs_init(&p);
-	assert_int_equal(
-	        broker_programs_put(&p, "sales", "{sales,en,en}", "20", "45", "900", "3600", "5"),
-	        0);
+	broker_program_row row = {
+	        .id = "sales",
+	        .skills = "{sales,en,en}",
+	        .ring = "20",
+	        .wrap = "45",
+	        .max_wait = "900",
+	        .max_talk = "3600",
+	        .priority = "5",
+	        .explore_share = "0.200",
+	};
+	assert_int_equal(broker_programs_put(&p, &row), 0);
 	const broker_program *prog = broker_programs_find(&p, "sales");
 	assert_non_null(prog);
 	assert_int_equal(prog->nskills, 2);
@@ -595,21 +613,286 @@ static void test_program_rows(void **state)
 	assert_int_equal(prog->limits.max_wait_s, 900);
 	assert_int_equal(prog->limits.max_talk_s, 3600);
 	assert_int_equal(prog->priority, 5);
+	assert_float_equal(prog->explore_share, 0.2, 1e-12);
 	broker_limits lim;
 	broker_programs_limits(&p, "gone", &lim);
 	assert_int_equal(lim.ring_timeout_s, 15);
 	assert_int_equal(lim.max_talk_s, 7200);
-	assert_int_equal(broker_programs_put(&p, "x", "{}", "0", "45", "900", "3600", "0"),
-	                 RB_EINVAL);
-	assert_int_equal(
-	        broker_programs_put(&p, "x", "{\"bad skill\"}", "15", "45", "900", "3600", "0"),
-	        RB_EINVAL);
-	assert_int_equal(broker_programs_put(&p, "x", "{}", "15", "45", "9x", "3600", "0"),
-	                 RB_EINVAL);
+	// Every edge of the share is taken; anything outside [0, 1] or not a number is not.
+	static const char *const good_shares[] = {"0", "0.000", "1", "1.000", "0.001"};
+	for (size_t i = 0; i < sizeof(good_shares) / sizeof(good_shares[0]); i++) {
+		row.explore_share = good_shares[i];
+		assert_int_equal(broker_programs_put(&p, &row), 0);
+	}
+	assert_float_equal(broker_programs_find(&p, "sales")->explore_share, 0.001, 1e-12);
+	broker_program_row bad = row;
+	bad.id = "x";
+	static const char *const bad_shares[] = {"-0.001", "1.001", "nan",  "inf",
+	                                         "0.2x",   "",      " 0.2", "1e400"};
+	for (size_t i = 0; i < sizeof(bad_shares) / sizeof(bad_shares[0]); i++) {
+		bad.explore_share = bad_shares[i];
+		assert_int_equal(broker_programs_put(&p, &bad), RB_EINVAL);
+	}
+	bad.explore_share = NULL;
+	assert_int_equal(broker_programs_put(&p, &bad), RB_EINVAL);
+	bad = row;
+	bad.id = "x";
+	bad.ring = "0";
+	assert_int_equal(broker_programs_put(&p, &bad), RB_EINVAL);
+	bad = row;
+	bad.id = "x";
+	bad.skills = "{\"bad skill\"}";
+	assert_int_equal(broker_programs_put(&p, &bad), RB_EINVAL);
+	bad = row;
+	bad.id = "x";
+	bad.max_wait = "9x";
+	assert_int_equal(broker_programs_put(&p, &bad), RB_EINVAL);
 	assert_null(broker_programs_find(&p, "x"));
 	broker_programs_remove(&p, "sales");
 	assert_null(broker_programs_find(&p, "sales"));
 	broker_programs_fini(&p);
+}
+
+// An offer with a decision of the caller's choosing (ev_at's is a plain "highest score").
+static int offer_at(broker_call *c, uint64_t agent, uint64_t offer, uint64_t at, bool exploratory)
+{
+	broker_decision d;
+	memset(&d, 0, sizeof(d));
+	d.agent_id = agent;
+	d.at_us = T0 + at;
+	d.exploratory = exploratory;
+	strcpy(d.reason, exploratory ? "exploration: longest available" : "highest score");
+	broker_event e = {
+	        .kind = BROKER_EV_OFFER,
+	        .agent_id = agent,
+	        .offer_id = offer,
+	        .decision = &d,
+	        .now_us = T0 + at,
+	        .now_mono_us = M0 + at,
+	};
+	broker_effects fx;
+	return broker_call_apply(bk, c, &e, &fx);
+}
+
+static void expect_entry(const broker_offer_entry *e, uint64_t agent, uint64_t offered_us,
+                         Ringbid__OfferResultCode result)
+{
+	assert_int_equal(e->agent_id, agent);
+	assert_int_equal(e->offered_us, offered_us);
+	assert_int_equal(e->result, result);
+}
+
+// Every way an offer ends by the agent's doing is logged with the offer's start; the CDR
+// carries the log oldest first.
+static void test_offer_log(void **state)
+{
+	(void)state;
+	broker_call *c = call_in("log", BROKER_CALL_QUEUED);
+	assert_int_equal(c->noffer_log, 0);
+	static const broker_event_kind ends[] = {
+	        BROKER_EV_DECLINED,     BROKER_EV_OFFER_TIMEOUT, BROKER_EV_OFFER_LOST,
+	        BROKER_EV_RING_EXPIRED, BROKER_EV_REFUSED,
+	};
+	static const Ringbid__OfferResultCode results[] = {
+	        RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED,
+	        RINGBID__OFFER_RESULT_CODE__OFFER_TIMEOUT,
+	        RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST,
+	        RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST, // no result within the backstop
+	        RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED,
+	};
+	for (size_t i = 0; i < 5; i++) {
+		uint64_t at = (10 + 10 * i) * SEC;
+		assert_int_equal(offer_at(c, 100 + i, 1 + i, at, false), 0);
+		assert_int_equal(c->noffer_log, i);
+		assert_int_equal(ev_at(c, ends[i], 100 + i, 1 + i, at + 3 * SEC, NULL), 0);
+		assert_int_equal(c->noffer_log, i + 1);
+		expect_entry(&c->offer_log[i], 100 + i, T0 + at, results[i]);
+	}
+	assert_int_equal(offer_at(c, 200, 9, 70 * SEC, false), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_CONNECT, 200, 9, 72 * SEC, NULL), 0);
+	assert_int_equal(c->noffer_log, 6);
+	expect_entry(&c->offer_log[5], 200, T0 + 70 * SEC,
+	             RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	// The end of a connected call is no offer's end.
+	assert_int_equal(ev_at(c, BROKER_EV_AGENT_HANGUP, 200, 0, 90 * SEC, NULL), 0);
+	assert_int_equal(c->noffer_log, 6);
+
+	Ringbid__Cdr cdr;
+	cdr_of(c, &cdr);
+	assert_int_equal(cdr.offers, 6);
+	assert_int_equal(cdr.n_offer_log, 6);
+	for (size_t i = 0; i < 5; i++) {
+		assert_int_equal(cdr.offer_log[i]->agent_id, 100 + i);
+		assert_int_equal(cdr.offer_log[i]->offered_us, T0 + (10 + 10 * i) * SEC);
+		assert_int_equal(cdr.offer_log[i]->result, results[i]);
+	}
+	assert_int_equal(cdr.offer_log[5]->result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	assert_false(cdr.exploratory);
+}
+
+// An offer withdrawn because the caller hung up or the call overflowed is not the agent's
+// doing: it is counted in offers but not logged.
+static void test_offer_log_leaves_out_withdrawn(void **state)
+{
+	(void)state;
+	broker_call *a = call_in("wd-a", BROKER_CALL_QUEUED);
+	assert_int_equal(offer_at(a, 31, 1, 2 * SEC, false), 0);
+	assert_int_equal(ev_at(a, BROKER_EV_DECLINED, 31, 1, 4 * SEC, NULL), 0);
+	assert_int_equal(offer_at(a, 32, 2, 5 * SEC, false), 0);
+	assert_int_equal(ev_at(a, BROKER_EV_HANGUP, 0, 0, 6 * SEC, NULL), 0);
+	assert_int_equal(a->offers, 2);
+	assert_int_equal(a->noffer_log, 1);
+	expect_entry(&a->offer_log[0], 31, T0 + 2 * SEC,
+	             RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED);
+	Ringbid__Cdr cdr;
+	cdr_of(a, &cdr);
+	assert_int_equal(cdr.offers, 2);
+	assert_int_equal(cdr.n_offer_log, 1);
+	assert_int_equal(cdr.offer_log[0]->agent_id, 31);
+
+	broker_call *o = call_in("wd-o", BROKER_CALL_QUEUED);
+	assert_int_equal(offer_at(o, 33, 3, 2 * SEC, false), 0);
+	assert_int_equal(ev_at(o, BROKER_EV_MAX_WAIT, 0, 0, 600 * SEC, NULL), 0);
+	assert_int_equal(o->noffer_log, 0);
+	cdr_of(o, &cdr);
+	assert_int_equal(cdr.n_offer_log, 0);
+	assert_null(cdr.offer_log);
+
+	// A refused event (wrong offer) logs nothing either.
+	broker_call *r = call_in("wd-r", BROKER_CALL_QUEUED);
+	assert_int_equal(offer_at(r, 34, 4, 2 * SEC, false), 0);
+	assert_int_equal(ev(r, BROKER_EV_DECLINED, 34, 99), RB_ESTATE);
+	assert_int_equal(r->noffer_log, 0);
+}
+
+// A call offered more than 64 times keeps the newest 64, oldest first.
+static void test_offer_log_bound(void **state)
+{
+	(void)state;
+	broker_call *c = call_in("many", BROKER_CALL_QUEUED);
+	const uint64_t n = BROKER_OFFER_LOG_MAX + 6;
+	for (uint64_t i = 0; i < n; i++) {
+		// Refusals by fresh agents never exclude, so any number of offers fit.
+		assert_int_equal(offer_at(c, 1000 + i, 1 + i, i * SEC, false), 0);
+		assert_int_equal(ev_at(c, BROKER_EV_REFUSED, 1000 + i, 1 + i, i * SEC + 1, NULL),
+		                 0);
+	}
+	assert_int_equal(c->offers, n);
+	assert_int_equal(c->noffer_log, BROKER_OFFER_LOG_MAX);
+	assert_int_equal(c->offer_log[0].agent_id, 1000 + n - BROKER_OFFER_LOG_MAX);
+	assert_int_equal(c->offer_log[BROKER_OFFER_LOG_MAX - 1].agent_id, 1000 + n - 1);
+	assert_int_equal(ev(c, BROKER_EV_HANGUP, 0, 0), 0);
+	Ringbid__Cdr cdr;
+	cdr_of(c, &cdr);
+	assert_int_equal(cdr.n_offer_log, BROKER_OFFER_LOG_MAX);
+	for (size_t i = 1; i < cdr.n_offer_log; i++)
+		assert_true(cdr.offer_log[i - 1]->offered_us < cdr.offer_log[i]->offered_us);
+}
+
+// The CDR is exploratory exactly when the offer that connected came from exploration.
+static void test_exploratory_cdr(void **state)
+{
+	(void)state;
+	Ringbid__Cdr cdr;
+	// Explored first, declined, then connected by score: not exploratory.
+	broker_call *a = call_in("ex-a", BROKER_CALL_QUEUED);
+	assert_int_equal(offer_at(a, 51, 1, 1 * SEC, true), 0);
+	assert_int_equal(ev_at(a, BROKER_EV_DECLINED, 51, 1, 2 * SEC, NULL), 0);
+	assert_int_equal(offer_at(a, 52, 2, 3 * SEC, false), 0);
+	assert_int_equal(ev_at(a, BROKER_EV_CONNECT, 52, 2, 4 * SEC, NULL), 0);
+	assert_int_equal(ev_at(a, BROKER_EV_HANGUP, 0, 0, 64 * SEC, NULL), 0);
+	cdr_of(a, &cdr);
+	assert_false(cdr.exploratory);
+
+	// Connected through an exploratory offer (telephony saw the answer): exploratory.
+	broker_call *b = call_in("ex-b", BROKER_CALL_QUEUED);
+	assert_int_equal(offer_at(b, 53, 3, 1 * SEC, true), 0);
+	assert_int_equal(ev_at(b, BROKER_EV_CONNECT, 0, 0, 2 * SEC, NULL), 0);
+	assert_true(broker_call_exploratory(b));
+	assert_int_equal(ev_at(b, BROKER_EV_MAX_TALK, 0, 0, 7300 * SEC, NULL), 0);
+	cdr_of(b, &cdr);
+	assert_true(cdr.exploratory);
+	assert_true(cdr.review);
+
+	// Offered by exploration but abandoned while ringing: never connected, not exploratory.
+	broker_call *c = call_in("ex-c", BROKER_CALL_QUEUED);
+	assert_int_equal(offer_at(c, 54, 4, 1 * SEC, true), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_HANGUP, 0, 0, 2 * SEC, NULL), 0);
+	assert_false(broker_call_exploratory(c));
+	cdr_of(c, &cdr);
+	assert_false(cdr.exploratory);
+}
+
+// The offer log, the current offer's start and the decisions' score basis survive the journal.
+static void test_offer_log_restore(void **state)
+{
+	(void)state;
+	broker_call *c = call_in("olr", BROKER_CALL_QUEUED);
+	assert_int_equal(offer_at(c, 71, 1, 2 * SEC, false), 0);
+	assert_int_equal(ev_at(c, BROKER_EV_OFFER_TIMEOUT, 71, 1, 17 * SEC, NULL), 0);
+	assert_int_equal(offer_at(c, 72, 2, 20 * SEC, true), 0);
+	strcpy(c->decisions[1].score_basis, "program");
+	strcpy(c->decisions[1].runner_up_basis, "overall");
+	Ringbid__CallRecord rec;
+	assert_int_equal(broker_call_record(c, &arena, &rec), 0);
+	assert_int_equal(rec.n_offer_log, 1);
+	assert_string_equal(rec.decisions[1]->score_basis, "program");
+
+	// Through the wire format, as replay reads it.
+	size_t len = ringbid__call_record__get_packed_size(&rec);
+	uint8_t *buf = malloc(len);
+	assert_non_null(buf);
+	ringbid__call_record__pack(&rec, buf);
+	Ringbid__CallRecord *back = ringbid__call_record__unpack(NULL, len, buf);
+	free(buf);
+	assert_non_null(back);
+	broker_book other;
+	broker_book_init(&other, 10, 3600 * SEC);
+	broker_call *r = NULL;
+	assert_int_equal(broker_book_restore(&other, back, T0 + 30 * SEC, M0 + 30 * SEC, &r), 0);
+	assert_int_equal(r->noffer_log, 1);
+	expect_entry(&r->offer_log[0], 71, T0 + 2 * SEC, RINGBID__OFFER_RESULT_CODE__OFFER_TIMEOUT);
+	assert_int_equal(r->offer_us, T0 + 20 * SEC);
+	assert_string_equal(r->decisions[1].score_basis, "program");
+	assert_string_equal(r->decisions[1].runner_up_basis, "overall");
+	assert_true(r->decisions[1].exploratory);
+	// The restored offer ends into the log with its own start.
+	bk = &other;
+	assert_int_equal(ev_at(r, BROKER_EV_CONNECT, 72, 2, 31 * SEC, NULL), 0);
+	bk = &book;
+	assert_int_equal(r->noffer_log, 2);
+	expect_entry(&r->offer_log[1], 72, T0 + 20 * SEC,
+	             RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	assert_true(broker_call_exploratory(r));
+
+	// A log entry with an unknown result or no agent makes the record unusable.
+	back->offer_log[0]->result = (Ringbid__OfferResultCode)9;
+	assert_int_equal(broker_book_restore(&other, back, T0, M0, NULL), RB_EINVAL);
+	back->offer_log[0]->result = RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED;
+	back->offer_log[0]->agent_id = 0;
+	assert_int_equal(broker_book_restore(&other, back, T0, M0, NULL), RB_EINVAL);
+	ringbid__call_record__free_unpacked(back, NULL);
+	broker_book_fini(&other);
+}
+
+// A score basis from the auction is kept only when it is one the auction defines.
+static void test_decision_basis(void **state)
+{
+	(void)state;
+	Ringbid__Decision d = RINGBID__DECISION__INIT;
+	broker_decision out;
+	d.agent_id = 5;
+	d.reason = (char *)"highest score";
+	d.score_basis = (char *)"overall";
+	d.runner_up_basis = (char *)"program";
+	broker_decision_from_pb(&d, &out);
+	assert_string_equal(out.score_basis, "overall");
+	assert_string_equal(out.runner_up_basis, "program");
+	d.score_basis = (char *)"programme";
+	d.runner_up_basis = (char *)"";
+	broker_decision_from_pb(&d, &out);
+	assert_string_equal(out.score_basis, "");
+	assert_string_equal(out.runner_up_basis, "");
 }
 
 int main(void)
@@ -629,6 +912,13 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_restore_round_trip, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_ended_bounds, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_add_refuses, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_offer_log, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_offer_log_leaves_out_withdrawn, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_offer_log_bound, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_exploratory_cdr, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_offer_log_restore, setup, teardown),
+	        cmocka_unit_test(test_decision_basis),
 	        cmocka_unit_test(test_skills_merge),
 	        cmocka_unit_test(test_pg_text_array),
 	        cmocka_unit_test(test_program_rows),

@@ -64,6 +64,7 @@ int broker_core_init(broker *b)
 	broker_outbox_init(&b->outbox);
 	broker_outbox_on_change(&b->outbox, outbox_changed, b);
 	broker_outbox_on_refused(&b->outbox, billing_refused, b);
+	broker_outcomes_init(&b->outcomes);
 	broker_programs_init(&b->programs);
 	memset(&b->kpi, 0, sizeof(b->kpi));
 	b->next_offer_id = 1;
@@ -250,6 +251,10 @@ void broker_send_enqueue(broker *b, const broker_call *c)
 {
 	Ringbid__Enqueue eq;
 	broker_call_enqueue(c, &eq);
+	// The auction keeps no program table: the share rides on every Enqueue, so a change
+	// reaches the next call (and every re-enqueue) without a restart.
+	const broker_program *prog = broker_programs_find(&b->programs, c->program);
+	eq.explore_share = prog ? prog->explore_share : 0;
 	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
 	env.body_case = RINGBID__ENVELOPE__BODY_ENQUEUE;
 	env.enqueue = &eq;
@@ -492,15 +497,20 @@ static void cdr_durable(int err, void *arg)
 
 static void write_cdr(broker *b, const broker_call *c)
 {
+	broker_arena a;
+	broker_arena_init(&a);
 	Ringbid__Cdr cdr;
-	broker_call_cdr(c, &cdr);
-	Ringbid__JournalEntry e = RINGBID__JOURNAL_ENTRY__INIT;
-	e.body_case = RINGBID__JOURNAL_ENTRY__BODY_CDR;
-	e.cdr = &cdr;
-	int rc = broker_journal_append(b->journal, &e);
+	int rc = broker_call_cdr(c, &a, &cdr);
 	uint64_t seq = 0;
+	if (rc == 0) {
+		Ringbid__JournalEntry e = RINGBID__JOURNAL_ENTRY__INIT;
+		e.body_case = RINGBID__JOURNAL_ENTRY__BODY_CDR;
+		e.cdr = &cdr;
+		rc = broker_journal_append(b->journal, &e);
+	}
 	if (rc == 0)
 		rc = broker_outbox_add(&b->outbox, &cdr, false, &seq);
+	broker_arena_fini(&a);
 	if (rc != 0) {
 		rb_logf(RB_LOG_ERROR, c->id, c->agent_id, "CDR not queued: %s", rb_err_str(rc));
 		return;
@@ -653,6 +663,8 @@ void broker_close(broker *b)
 		disarm(c);
 	}
 	broker_outbox_stop(&b->outbox);
+	// Before the call API closes, so that an outcome request still waiting gets its answer.
+	broker_outcomes_fini(&b->outcomes);
 	rb_bus_free(b->api);
 	b->api = NULL;
 	rb_bus_free(b->auction);
@@ -671,6 +683,21 @@ void broker_close(broker *b)
 	rb_svc_close_handles(&b->svc);
 }
 
+static void linger_done(uv_timer_t *t)
+{
+	broker_close(t->data);
+}
+
+// The messages released last (journal-gated sends, outcome answers) are queued on their buses;
+// give them a moment to leave before the sockets close.
+static void linger(broker *b)
+{
+	if (b->stop_timer_init)
+		uv_timer_start(&b->stop_timer, linger_done, 200, 0);
+	else
+		broker_close(b);
+}
+
 static void stop_deadline(uv_timer_t *t)
 {
 	broker *b = t->data;
@@ -679,26 +706,44 @@ static void stop_deadline(uv_timer_t *t)
 		        "stopping: the journal did not drain within %d ms; unsynced changes are "
 		        "lost",
 		        BROKER_DRAIN_MS);
+	if (broker_outcomes_unanswered(&b->outcomes) > 0) {
+		broker_outcomes_abort(&b->outcomes, RB_EBUSY, "the broker is stopping; send again");
+		linger(b);
+		return;
+	}
 	broker_close(b);
 }
 
-static void linger_done(uv_timer_t *t)
+// Stopping ends once the journal has everything and billing has answered every outcome
+// request (or the deadline passed).
+static void stop_if_done(broker *b)
 {
-	broker_close(t->data);
+	if (b->closed || !b->drained || broker_outcomes_unanswered(&b->outcomes) > 0)
+		return;
+	linger(b);
 }
 
-// The journal has everything: the messages it released are queued on their buses; give them
-// a moment to leave before the sockets close.
 static void drained(int err, void *arg)
 {
 	broker *b = arg;
 	if (err != 0 || b->closed)
 		return;
 	rb_logf(RB_LOG_INFO, NULL, 0, "journal drained");
-	if (b->stop_timer_init)
-		uv_timer_start(&b->stop_timer, linger_done, 200, 0);
-	else
-		broker_close(b);
+	b->drained = true;
+	if (broker_outcomes_unanswered(&b->outcomes) > 0)
+		rb_logf(RB_LOG_INFO, NULL, 0,
+		        "stopping: waiting for billing to answer %d outcome "
+		        "requests",
+		        broker_outcomes_unanswered(&b->outcomes));
+	stop_if_done(b);
+}
+
+static void outcomes_idle(broker_outcomes *o, void *arg)
+{
+	(void)o;
+	broker *b = arg;
+	if (b->stopping)
+		stop_if_done(b);
 }
 
 void broker_stop(broker *b)
@@ -708,6 +753,7 @@ void broker_stop(broker *b)
 	b->stopping = true;
 	broker_refresh_ready(b);
 	broker_api_flush_polls(b);
+	broker_outcomes_on_idle(&b->outcomes, outcomes_idle, b);
 	if (b->journal == NULL || !b->started) {
 		broker_close(b);
 		return;

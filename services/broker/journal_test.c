@@ -565,6 +565,66 @@ static void test_full_disk(void **state)
 	assert_int_equal(health_calls, 1);
 }
 
+// A CDR carries the call's offer log and whether the connecting offer explored, through the
+// journal, replay and compaction alike.
+static void test_cdr_offer_log_replay(void **state)
+{
+	(void)state;
+	broker_journal_replay st;
+	broker *b = open_broker(&st);
+	broker_call *c = arrive(b, "ol");
+	offer(b, c, 5);
+	assert_int_equal(broker_change(b, c, BROKER_EV_DECLINED, 5, 0, NULL), 0);
+	uint64_t id = 0;
+	assert_int_equal(broker_offer_id(b, &id), 0);
+	broker_decision d;
+	memset(&d, 0, sizeof(d));
+	d.agent_id = 6;
+	d.exploratory = true;
+	strcpy(d.reason, "exploration: longest available");
+	assert_int_equal(broker_change(b, c, BROKER_EV_OFFER, 6, id, &d), 0);
+	assert_int_equal(broker_change(b, c, BROKER_EV_CONNECT, 6, 0, NULL), 0);
+	assert_int_equal(broker_change(b, c, BROKER_EV_AGENT_HANGUP, 6, 0, NULL), 0);
+	sync_journal(b->journal);
+	const broker_cdr *cdr = broker_outbox_find(&b->outbox, "ol");
+	assert_non_null(cdr);
+	assert_true(cdr->exploratory);
+	assert_int_equal(cdr->noffer_log, 2);
+	assert_int_equal(cdr->offer_log[0].agent_id, 5);
+	assert_int_equal(cdr->offer_log[0].result, RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED);
+	assert_int_equal(cdr->offer_log[1].agent_id, 6);
+	assert_int_equal(cdr->offer_log[1].result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	uint64_t first_us = cdr->offer_log[0].offered_us;
+	assert_true(first_us >= c->arrived_us);
+	free_broker(b);
+
+	for (int round = 0; round < 2; round++) {
+		b = open_broker(&st);
+		cdr = broker_outbox_find(&b->outbox, "ol");
+		assert_non_null(cdr);
+		assert_true(cdr->exploratory);
+		assert_int_equal(cdr->noffer_log, 2);
+		assert_int_equal(cdr->offer_log[0].offered_us, first_us);
+		Ringbid__Cdr pb;
+		broker_cdr_to_pb(cdr, &pb);
+		assert_int_equal(pb.n_offer_log, 2);
+		assert_int_equal(pb.offer_log[1]->agent_id, 6);
+		assert_true(pb.exploratory);
+		broker_call *r = broker_book_find(&b->book, "ol");
+		assert_non_null(r);
+		assert_int_equal(r->noffer_log, 2);
+		assert_true(broker_call_exploratory(r));
+		if (round == 0) {
+			// The second round reads what compaction wrote.
+			broker_journal_compact_soon(b->journal);
+			offer(b, arrive(b, "ol-after"), 11);
+			sync_journal(b->journal);
+			assert_int_equal(broker_journal_compactions(b->journal), 1);
+		}
+		free_broker(b);
+	}
+}
+
 int main(void)
 {
 	// The expected failures still show; the call-by-call info lines do not.
@@ -578,6 +638,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_compaction, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_leftover_new_file_ignored, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_full_disk, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_cdr_offer_log_replay, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

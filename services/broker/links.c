@@ -1,5 +1,5 @@
 // The broker's service links: auction (Enqueue/Match/Dequeue), presence (Offer/OfferResult/
-// CallSync/stats) and the billing dialer the CDR outbox sends on.
+// CallSync/stats) and the billing dialers the CDR outbox and the outcomes send on.
 #include "broker.h"
 
 #include <stdio.h>
@@ -272,11 +272,11 @@ static void on_offer_result(broker *b, const Ringbid__OfferResult *r)
 			what = "refused (agent not available): back in line";
 			break;
 		case RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED:
-			kind = BROKER_EV_OFFER_LOST;
+			kind = BROKER_EV_DECLINED;
 			what = "declined: back in line";
 			break;
 		case RINGBID__OFFER_RESULT_CODE__OFFER_TIMEOUT:
-			kind = BROKER_EV_OFFER_LOST;
+			kind = BROKER_EV_OFFER_TIMEOUT;
 			what = "ring timeout: back in line";
 			break;
 		default:
@@ -458,5 +458,8 @@ int broker_links_start(broker *b, const char *auction_url, const char *presence_
 		return rc;
 	}
 	rb_logf(RB_LOG_INFO, NULL, 0, "CDRs go to billing at %s", billing_url);
+	rc = broker_outcomes_start(&b->outcomes, &b->svc.loop, billing_url, b->svc.token);
+	if (rc != 0)
+		return rc;
 	return broker_outbox_start(&b->outbox, &b->svc.loop, b->billing, b->journal, b->svc.token);
 }

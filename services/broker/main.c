@@ -7,10 +7,12 @@
 #include "rb_config.h"
 #include "rb_err.h"
 #include "rb_log.h"
+#include "wallboard.h"
 
 static const char usage[] =
         "Owns calls: takes them from telephony, has the auction match them, offers them to\n"
-        "agents through presence, journals every change, and sends CDRs to billing.\n"
+        "agents through presence, journals every change, and sends CDRs and call outcomes\n"
+        "to billing.\n"
         "\n"
         "Environment (defaults follow RINGBID_PORT_BASE, 7100):\n"
         "  RINGBID_BROKER_URL           call API, req/rep      (tcp://127.0.0.1:7101)\n"
@@ -152,6 +154,8 @@ int main(int argc, char **argv)
 		rc = broker_api_start(&b, calls_url);
 	if (rc == 0 && b.svc.http != NULL)
 		rc = rb_http_route(b.svc.http, "GET", "/status", broker_api_status_http, &b);
+	if (rc == 0)
+		rc = broker_wallboard_start(&b);
 	if (rc == 0) {
 		broker_refresh_ready(&b);
 		rc = rb_svc_run(&b.svc);

@@ -32,16 +32,65 @@ static void changed(broker_outbox *o)
 		o->changed(o, o->changed_arg);
 }
 
+static void cdr_free(broker_cdr *c)
+{
+	free(c->offer_log);
+	free(c->offer_ptrs);
+	free(c);
+}
+
+static int copy_offer_log(broker_cdr *c, const Ringbid__Cdr *cdr)
+{
+	size_t first = cdr->n_offer_log > BROKER_OFFER_LOG_MAX
+	                       ? cdr->n_offer_log - BROKER_OFFER_LOG_MAX
+	                       : 0;
+	size_t n = cdr->n_offer_log - first;
+	if (n == 0)
+		return 0;
+	c->offer_log = calloc(n, sizeof(*c->offer_log));
+	c->offer_ptrs = calloc(n, sizeof(*c->offer_ptrs));
+	if (c->offer_log == NULL || c->offer_ptrs == NULL)
+		return RB_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		const Ringbid__CdrOffer *in = cdr->offer_log[first + i];
+		Ringbid__CdrOffer *out = &c->offer_log[i];
+		ringbid__cdr_offer__init(out);
+		out->agent_id = in->agent_id;
+		out->offered_us = in->offered_us;
+		out->result = in->result;
+		c->offer_ptrs[i] = out;
+	}
+	c->noffer_log = n;
+	return 0;
+}
+
+static bool offer_log_usable(const Ringbid__Cdr *cdr)
+{
+	for (size_t i = 0; i < cdr->n_offer_log; i++) {
+		const Ringbid__CdrOffer *of = cdr->offer_log[i];
+		if (of == NULL || of->agent_id == 0 ||
+		    (int)of->result < RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED ||
+		    (int)of->result > RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED)
+			return false;
+	}
+	return true;
+}
+
 int broker_outbox_add(broker_outbox *o, const Ringbid__Cdr *cdr, bool durable, uint64_t *seq_out)
 {
 	if (cdr->cdr_id == NULL || !rb_valid_id(cdr->cdr_id, BROKER_ID_MAX) ||
-	    cdr->program == NULL || !rb_valid_id(cdr->program, BROKER_ID_MAX))
+	    cdr->program == NULL || !rb_valid_id(cdr->program, BROKER_ID_MAX) ||
+	    !offer_log_usable(cdr))
 		return RB_EINVAL;
 	if (broker_outbox_find(o, cdr->cdr_id) != NULL)
 		return RB_EEXIST;
 	broker_cdr *c = calloc(1, sizeof(*c));
 	if (c == NULL)
 		return RB_ENOMEM;
+	if (copy_offer_log(c, cdr) != 0) {
+		cdr_free(c);
+		return RB_ENOMEM;
+	}
 	strcpy(c->id, cdr->cdr_id);
 	strcpy(c->program, cdr->program);
 	c->agent_id = cdr->agent_id;
@@ -54,6 +103,7 @@ int broker_outbox_add(broker_outbox *o, const Ringbid__Cdr *cdr, bool durable, u
 	c->sale = cdr->sale;
 	c->resolved = cdr->resolved;
 	c->review = cdr->review;
+	c->exploratory = cdr->exploratory;
 	c->offers = cdr->offers;
 	c->seq = ++o->next_seq;
 	if (durable && o->durable_seq < c->seq)
@@ -90,7 +140,7 @@ int broker_outbox_ack(broker_outbox *o, const char *id)
 	HASH_DEL(o->by_id, c);
 	TAILQ_REMOVE(&o->queue, c, link);
 	o->count--;
-	free(c);
+	cdr_free(c);
 	changed(o);
 	return 0;
 }
@@ -117,6 +167,9 @@ void broker_cdr_to_pb(const broker_cdr *c, Ringbid__Cdr *out)
 	out->resolved = c->resolved;
 	out->review = c->review;
 	out->offers = c->offers;
+	out->exploratory = c->exploratory;
+	out->n_offer_log = c->noffer_log;
+	out->offer_log = c->offer_ptrs;
 }
 
 int broker_outbox_snapshot(const broker_outbox *o, broker_journal *j)
@@ -301,7 +354,7 @@ void broker_outbox_fini(broker_outbox *o)
 	HASH_ITER(hh, o->by_id, c, tmp)
 	{
 		HASH_DEL(o->by_id, c);
-		free(c);
+		cdr_free(c);
 	}
 	TAILQ_INIT(&o->queue);
 	o->count = 0;

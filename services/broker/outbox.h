@@ -24,8 +24,12 @@ struct broker_cdr {
 	char program[BROKER_ID_MAX + 1];
 	uint64_t agent_id, arrived_us, offered_us, answered_us, ended_us, talk_s;
 	int disposition;
-	bool sale, resolved, review;
+	bool sale, resolved, review, exploratory;
 	uint32_t offers;
+	// The offer log, kept in its wire form so that a batch is built without allocating.
+	Ringbid__CdrOffer *offer_log;   // owned
+	Ringbid__CdrOffer **offer_ptrs; // owned, each into offer_log
+	size_t noffer_log;
 	uint64_t seq; // order of arrival in the outbox
 	UT_hash_handle hh;
 	TAILQ_ENTRY(broker_cdr) link;
@@ -62,9 +66,10 @@ void broker_outbox_init(broker_outbox *o);
 void broker_outbox_on_change(broker_outbox *o, broker_outbox_fn fn, void *arg);
 void broker_outbox_on_refused(broker_outbox *o, broker_outbox_fn fn, void *arg);
 
-// Adds a copy of cdr. durable: already on disk (replay); otherwise it waits for
-// broker_outbox_durable. Returns 0, RB_EEXIST (same id already waiting: kept as is), RB_EINVAL,
-// RB_ENOMEM. *seq_out (may be NULL) is its sequence number.
+// Adds a copy of cdr (the offer log beyond BROKER_OFFER_LOG_MAX entries is cut to its newest).
+// durable: already on disk (replay); otherwise it waits for broker_outbox_durable. Returns 0,
+// RB_EEXIST (same id already waiting: kept as is), RB_EINVAL, RB_ENOMEM. *seq_out (may be
+// NULL) is its sequence number.
 int broker_outbox_add(broker_outbox *o, const Ringbid__Cdr *cdr, bool durable, uint64_t *seq_out);
 // Every CDR added up to seq is on disk: sendable.
 void broker_outbox_durable(broker_outbox *o, uint64_t seq);
@@ -74,6 +79,7 @@ const broker_cdr *broker_outbox_find(const broker_outbox *o, const char *id);
 size_t broker_outbox_count(const broker_outbox *o);
 // Writes every waiting CDR into a compaction snapshot.
 int broker_outbox_snapshot(const broker_outbox *o, broker_journal *j);
+// A message view of c: strings and the offer log point into c (valid while c is).
 void broker_cdr_to_pb(const broker_cdr *c, Ringbid__Cdr *out);
 
 // Starts sending to billing over bus (a REQ bus the caller dialled; stays the caller's).

@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -18,7 +19,8 @@
 
 #define PROGRAM_COLUMNS                                                                            \
 	"SELECT id, required_skills, ring_timeout_s, wrap_up_s, max_wait_s, max_talk_s, "          \
-	"priority FROM roster.programs"
+	"priority, explore_share FROM roster.programs"
+#define PROGRAM_NCOLUMNS 8
 
 static const broker_limits schema_defaults = {
         .ring_timeout_s = 15,
@@ -196,20 +198,35 @@ static int parse_int(const char *text, long min, long max, long *out)
 	return 0;
 }
 
-int broker_programs_put(broker_programs *p, const char *id, const char *skills_text,
-                        const char *ring, const char *wrap, const char *max_wait,
-                        const char *max_talk, const char *priority)
+// A share in [0, 1] as numeric text ("0.200", "1", "0").
+static int parse_share(const char *text, double *out)
 {
+	if (text == NULL || *text == '\0' || isspace((unsigned char)*text))
+		return RB_EINVAL;
+	errno = 0;
+	char *end = NULL;
+	double v = strtod(text, &end);
+	if (errno != 0 || *end != '\0' || !isfinite(v) || v < 0 || v > 1)
+		return RB_EINVAL;
+	*out = v;
+	return 0;
+}
+
+int broker_programs_put(broker_programs *p, const broker_program_row *row)
+{
+	const char *id = row->id;
 	if (id == NULL || !rb_valid_id(id, BROKER_ID_MAX))
 		return RB_EINVAL;
 	long r, w, mw, mt, pr;
-	if (parse_int(ring, 1, 300, &r) || parse_int(wrap, 0, 3600, &w) ||
-	    parse_int(max_wait, 1, 86400, &mw) || parse_int(max_talk, 1, 86400, &mt) ||
-	    parse_int(priority, INT32_MIN, INT32_MAX, &pr))
+	double share;
+	if (parse_int(row->ring, 1, 300, &r) || parse_int(row->wrap, 0, 3600, &w) ||
+	    parse_int(row->max_wait, 1, 86400, &mw) || parse_int(row->max_talk, 1, 86400, &mt) ||
+	    parse_int(row->priority, INT32_MIN, INT32_MAX, &pr) ||
+	    parse_share(row->explore_share, &share))
 		return RB_EINVAL;
 	char **raw = NULL;
 	size_t nraw = 0;
-	int rc = broker_pg_text_array(skills_text, BROKER_SKILLS_MAX, &raw, &nraw);
+	int rc = broker_pg_text_array(row->skills, BROKER_SKILLS_MAX, &raw, &nraw);
 	if (rc != 0)
 		return rc;
 	for (size_t i = 0; i < nraw; i++) {
@@ -236,6 +253,7 @@ int broker_programs_put(broker_programs *p, const char *id, const char *skills_t
 	prog->limits.max_wait_s = (uint32_t)mw;
 	prog->limits.max_talk_s = (uint32_t)mt;
 	prog->priority = (int32_t)pr;
+	prog->explore_share = share;
 	broker_programs_remove(p, id);
 	HASH_ADD_STR(p->by_id, id, prog);
 	return 0;
@@ -272,10 +290,20 @@ bool broker_programs_ready(const broker_programs *p)
 // Puts row i of res into p; a bad row is logged and left out.
 static int put_row(broker_programs *p, const PGresult *res, int i)
 {
-	const char *v[7];
-	for (int c = 0; c < 7; c++)
+	const char *v[PROGRAM_NCOLUMNS];
+	for (int c = 0; c < PROGRAM_NCOLUMNS; c++)
 		v[c] = PQgetisnull(res, i, c) ? NULL : PQgetvalue(res, i, c);
-	int rc = broker_programs_put(p, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+	broker_program_row row = {
+	        .id = v[0],
+	        .skills = v[1],
+	        .ring = v[2],
+	        .wrap = v[3],
+	        .max_wait = v[4],
+	        .max_talk = v[5],
+	        .priority = v[6],
+	        .explore_share = v[7],
+	};
+	int rc = broker_programs_put(p, &row);
 	if (rc == RB_ENOMEM)
 		return rc;
 	if (rc != 0)

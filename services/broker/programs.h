@@ -1,5 +1,5 @@
-// Program settings the broker needs (skills, timers, priority), loaded from PostgreSQL and
-// kept fresh by LISTEN ringbid_roster.
+// Program settings the broker needs (skills, timers, priority, exploration share), loaded from
+// PostgreSQL and kept fresh by LISTEN ringbid_roster.
 #ifndef BROKER_PROGRAMS_H
 #define BROKER_PROGRAMS_H
 #include <stdbool.h>
@@ -18,6 +18,7 @@ typedef struct broker_program {
 	size_t nskills;
 	broker_limits limits;
 	int32_t priority;
+	double explore_share; // 0..1: the share of calls routed for exploration (DESIGN §3)
 	UT_hash_handle hh;
 } broker_program;
 
@@ -60,11 +61,15 @@ bool broker_programs_ready(const broker_programs *p);
 // many lookups in flight), RB_ECLOSED, RB_ENOMEM without calling fn.
 int broker_programs_lookup(broker_programs *p, const char *id, broker_lookup_fn fn, void *arg);
 
-// Sets one program from its row's text values (as PostgreSQL prints them). Replaces an
-// existing one. Returns 0, RB_EINVAL (a value out of range, a bad id or skill), RB_ENOMEM.
-int broker_programs_put(broker_programs *p, const char *id, const char *skills_text,
-                        const char *ring, const char *wrap, const char *max_wait,
-                        const char *max_talk, const char *priority);
+// One row of roster.programs as PostgreSQL prints its values (text; NULL for SQL NULL).
+typedef struct broker_program_row {
+	const char *id, *skills, *ring, *wrap, *max_wait, *max_talk, *priority;
+	const char *explore_share; // numeric(4,3) text, "0.200"
+} broker_program_row;
+
+// Sets one program from its row. Replaces an existing one. Returns 0, RB_EINVAL (a value
+// missing or out of range, a bad id or skill), RB_ENOMEM.
+int broker_programs_put(broker_programs *p, const broker_program_row *row);
 void broker_programs_remove(broker_programs *p, const char *id);
 
 // Parses a PostgreSQL text[] literal ('{a,b}', '{"a b","c\"d"}', '{}'); NULL elements are
