@@ -35,7 +35,7 @@ typedef enum {
 
 typedef struct broker_metrics {
 	rb_metric *arrived, *answered, *abandoned, *overflow, *completed;
-	rb_metric *waiting, *offering, *connected, *outbox;
+	rb_metric *waiting, *offering, *connected, *outbox, *cdr_lag;
 	rb_metric *answer_delay;
 	rb_metric *journal_bytes, *journal_writable;
 	rb_metric *refused[BROKER_NLINKS];

@@ -89,6 +89,9 @@ int broker_core_init(broker *b)
 	                                "Calls connected to an agent now.");
 	m->outbox = rb_metrics_gauge("ringbid_cdr_outbox", NULL,
 	                             "CDRs not yet acknowledged by billing.");
+	m->cdr_lag = rb_metrics_gauge("ringbid_cdr_lag_seconds", NULL,
+	                              "Age of the oldest CDR billing has not acknowledged "
+	                              "(0 when none): how far billing is behind.");
 	m->answer_delay = rb_metrics_histogram(
 	        "ringbid_answer_delay_seconds", NULL, "Time from a call's arrival to its answer.",
 	        answer_delay_bounds, sizeof(answer_delay_bounds) / sizeof(answer_delay_bounds[0]));
@@ -107,9 +110,9 @@ int broker_core_init(broker *b)
 		        "ringbid_messages_refused_total", link_labels[i],
 		        "Messages refused: undecodable, oversized, wrong token or invalid fields.");
 	if (!m->arrived || !m->answered || !m->abandoned || !m->overflow || !m->completed ||
-	    !m->waiting || !m->offering || !m->connected || !m->outbox || !m->answer_delay ||
-	    !m->journal_bytes || !m->journal_writable || !m->refused[0] || !m->refused[1] ||
-	    !m->refused[2] || !m->refused[3])
+	    !m->waiting || !m->offering || !m->connected || !m->outbox || !m->cdr_lag ||
+	    !m->answer_delay || !m->journal_bytes || !m->journal_writable || !m->refused[0] ||
+	    !m->refused[1] || !m->refused[2] || !m->refused[3])
 		return RB_ENOMEM;
 	return 0;
 }
@@ -611,6 +614,8 @@ void broker_update_gauges(broker *b)
 	rb_metric_set(b->m.offering, (double)offered);
 	rb_metric_set(b->m.connected, (double)b->book.count[BROKER_CALL_CONNECTED]);
 	rb_metric_set(b->m.outbox, (double)broker_outbox_count(&b->outbox));
+	uint64_t oldest = broker_outbox_oldest_us(&b->outbox), now = rb_now_us();
+	rb_metric_set(b->m.cdr_lag, oldest != 0 && now > oldest ? (double)(now - oldest) / 1e6 : 0);
 	if (b->journal != NULL) {
 		rb_metric_set(b->m.journal_bytes, (double)broker_journal_size(b->journal));
 		rb_metric_set(b->m.journal_writable, broker_journal_ok(b->journal) ? 1 : 0);

@@ -145,6 +145,14 @@ int broker_outbox_ack(broker_outbox *o, const char *id)
 	return 0;
 }
 
+uint64_t broker_outbox_oldest_us(const broker_outbox *o)
+{
+	// The queue is in order of arrival, which is the order calls ended (give or take a
+	// replay): its head is the CDR billing has waited for longest.
+	const broker_cdr *c = TAILQ_FIRST(&o->queue);
+	return c != NULL ? c->ended_us : 0;
+}
+
 size_t broker_outbox_count(const broker_outbox *o)
 {
 	return o->count;

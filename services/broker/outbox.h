@@ -77,6 +77,8 @@ void broker_outbox_durable(broker_outbox *o, uint64_t seq);
 int broker_outbox_ack(broker_outbox *o, const char *id);
 const broker_cdr *broker_outbox_find(const broker_outbox *o, const char *id);
 size_t broker_outbox_count(const broker_outbox *o);
+// When the oldest CDR billing has not acknowledged ended (UTC microseconds); 0 when none.
+uint64_t broker_outbox_oldest_us(const broker_outbox *o);
 // Writes every waiting CDR into a compaction snapshot.
 int broker_outbox_snapshot(const broker_outbox *o, broker_journal *j);
 // A message view of c: strings and the offer log point into c (valid while c is).
