@@ -356,6 +356,17 @@ static void handle_login(presence_clients *cl, uint32_t pipe, const Ringbid__Age
 // ---------------------------------------------------------------------------------------------
 // Requests with a session
 
+// A connection that carries one agent's session never speaks for another: a token of agent B
+// sent on A's connection (a leaked token, or a malicious agent) would otherwise move B's
+// session onto A's connection and log B out. A new connection has no agent yet, so a client
+// reconnecting with its own token still resumes; logging in with a secret may still take a
+// connection over.
+static bool pipe_foreign(const presence_clients *cl, uint32_t pipe, const presence_agent *a)
+{
+	const presence_agent *bound = presence_core_find_pipe(cl->core, pipe);
+	return bound != NULL && bound != a;
+}
+
 static void handle_resume(presence_clients *cl, uint32_t pipe, const Ringbid__AgentMsg *m)
 {
 	uint64_t id = m->resume->agent_id;
@@ -364,7 +375,8 @@ static void handle_resume(presence_clients *cl, uint32_t pipe, const Ringbid__Ag
 		return;
 	}
 	presence_agent *a = NULL;
-	if (presence_core_auth(cl->core, m->token, &a) != 0 || presence_agent_id(a) != id) {
+	if (presence_core_auth(cl->core, m->token, &a) != 0 || presence_agent_id(a) != id ||
+	    pipe_foreign(cl, pipe, a)) {
 		refuse(cl, pipe, m->seq, id, RB_EAUTH, "session not valid: log in again");
 		return;
 	}
@@ -403,7 +415,7 @@ static void handle_session(presence_clients *cl, uint32_t pipe, const Ringbid__A
 	}
 	presence_core *core = cl->core;
 	presence_agent *a = NULL;
-	if (presence_core_auth(core, m->token, &a) != 0) {
+	if (presence_core_auth(core, m->token, &a) != 0 || pipe_foreign(cl, pipe, a)) {
 		refuse(cl, pipe, m->seq, 0, RB_EAUTH, "session not valid: log in again");
 		return;
 	}
