@@ -62,6 +62,10 @@ def test_roles(st):
         del st.env["RINGBID_AGENT_SECRET_FILE"]
     agent_tok = login.get("session_token", "")
     expect(len(agent_tok) == 64, "a session token from presence: %r", login)
+    # Presence records the session for billing right after it answers the login (one
+    # asynchronous INSERT): until that commits, billing does not know the token yet.
+    wait_until(lambda: _get(st, path, token=agent_tok)[0] != 401, 5,
+               "billing to know the agent's session token")
     expect_eq(_get(st, path, token=agent_tok)[0], 403, "status with an agent token")
 
     fin = _token(st, "finance", "fin")
