@@ -649,6 +649,22 @@ static int parse_list(const char *s, size_t *out, size_t max, size_t lo, size_t 
 	return (int)n;
 }
 
+// This process's resident memory now, in KiB (VmRSS), or 0 when /proc cannot tell.
+static long rss_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kb = 0;
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof line, f) != NULL)
+		if (sscanf(line, "VmRSS: %ld", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
@@ -717,14 +733,15 @@ int main(int argc, char **argv)
 			         "\"freed_match\":{\"n\":%zu,\"p50_us\":%.2f,\"p99_us\":%.2f,"
 			         "\"p999_us\":%.2f,\"max_us\":%.2f},"
 			         "\"snapshot_ms\":%.1f,\"open_queues_ms\":%.1f,"
-			         "\"decisions_hash\":\"%016" PRIx64 "\"}",
+			         "\"decisions_hash\":\"%016" PRIx64 "\",\"rss_kb\":%ld}",
 			         b.n_agents, b.n_queues, seed, r.calls, b.decisions, b.declined,
 			         b.abandoned, b.max_waiting, b.ops, r.engine_s, r.run_s, mps,
 			         b.on_arrival.n, pct_us(&b.on_arrival, 0.50),
 			         pct_us(&b.on_arrival, 0.99), pct_us(&b.on_arrival, 0.999),
 			         pct_us(&b.on_arrival, 1.0), b.on_free.n, pct_us(&b.on_free, 0.50),
 			         pct_us(&b.on_free, 0.99), pct_us(&b.on_free, 0.999),
-			         pct_us(&b.on_free, 1.0), r.snapshot_ms, r.queues_ms, b.hash);
+			         pct_us(&b.on_free, 1.0), r.snapshot_ms, r.queues_ms, b.hash,
+			         rss_kb());
 			bench_fini(&b);
 		}
 	}

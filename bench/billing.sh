@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Billing figures: CDR ingest rate end to end (bench/cdr_ingest against ringbid-billing), and
 # `ringbid payroll close` / `ringbid payroll export` time for periods of 1 and 10 million CDRs
-# (100,000 and 1 million with --quick) generated in SQL. Prints a table and appends the run to
-# bench/results/billing.json. Figures are printed, never asserted.
+# (100,000 and 1 million with --quick) generated in SQL; each beside the naive baseline
+# (bench/billing_naive: one INSERT per CDR, pay computed row by row in C). Prints a table and
+# appends the run to bench/results/billing.json. Figures are printed, never asserted.
 #   bench/billing.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +24,8 @@ ringbid=$root/bin/ringbid
 cleanup() { "$ringbid" down >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-if [ $quick = 1 ]; then ingest=50000; sizes="100000 1000000"; else
-	ingest=200000; sizes="1000000 10000000"; fi
+if [ $quick = 1 ]; then ingest=50000 naive_ingest=5000; sizes="100000 1000000"; else
+	ingest=200000 naive_ingest=20000; sizes="1000000 10000000"; fi
 
 rm -rf "$RINGBID_HOME"
 mkdir -p "$RINGBID_HOME" bench/results
@@ -40,6 +41,10 @@ echo "billing: ingest of $ingest CDRs, batches of 1000, 4 in flight" >&2
 ingest_json=$("$root/build/bench/cdr_ingest" --cdrs "$ingest" --batch 1000 --inflight 4 \
 	--agents 200 --agent-base 900001)
 echo "  $ingest_json" >&2
+echo "billing: naive ingest of $naive_ingest CDRs, one INSERT each, 4 connections" >&2
+naive_ingest_json=$("$root/build/bench/billing_naive" ingest --cdrs "$naive_ingest" --conns 4 \
+	--agent-base 900001)
+echo "  $naive_ingest_json" >&2
 
 # --- payroll close and export ---------------------------------------------------------------
 # 1,000 agents over 10 programs, half of them paid per second, half per started minute. The
@@ -86,13 +91,17 @@ SQL
 	export_ms=$(($(now_ms) - t))
 	lines=$(wc -l <"$out")
 	echo "  insert ${insert_ms} ms, close ${close_ms} ms, export ${export_ms} ms ($lines lines)" >&2
-	payroll+=("{\"cdrs\":$n,\"period\":\"$period\",\"insert_ms\":$insert_ms,\"close_ms\":$close_ms,\"export_ms\":$export_ms,\"export_lines\":$lines}")
+	# The naive close of the same week, after ringbid's (so its reads find a warm cache).
+	naive=$("$root/build/bench/billing_naive" payroll --period "$period" --output "$out.naive")
+	echo "  naive: $naive" >&2
+	rm -f "$out.naive"
+	payroll+=("{\"cdrs\":$n,\"period\":\"$period\",\"insert_ms\":$insert_ms,\"close_ms\":$close_ms,\"export_ms\":$export_ms,\"export_lines\":$lines,\"naive\":$naive}")
 	rm -f "$out"
 done
 
-run=$(printf '{"date":"%s","machine":"%s, %s cores","quick":%s,"ingest":%s,"payroll":[%s]}' \
+run=$(printf '{"date":"%s","machine":"%s, %s cores","quick":%s,"ingest":%s,"naive_ingest":%s,"payroll":[%s]}' \
 	"$(date -u +%FT%TZ)" "$(uname -m)" "$(nproc)" \
-	"$([ $quick = 1 ] && echo true || echo false)" "$ingest_json" \
+	"$([ $quick = 1 ] && echo true || echo false)" "$ingest_json" "$naive_ingest_json" \
 	"$(IFS=,; printf '%s' "${payroll[*]}")")
 python3 - "$root/bench/results/billing.json" "$run" <<'PY'
 import json, os, sys
@@ -112,9 +121,17 @@ i = run["ingest"]
 print(f'\n{"ingest CDRs":<14} {"batch":<6} {"in flight":<10} {"CDRs/s":<10} {"batch p50 ms":<13} {"batch p99 ms":<13}')
 print(f'{i["cdrs"]:<14} {i["batch"]:<6} {i["inflight"]:<10} {i["cdrs_per_s"]:<10.0f} '
       f'{i["batch_p50_ms"]:<13.1f} {i["batch_p99_ms"]:<13.1f}')
-print(f'\n{"period CDRs":<14} {"insert s":<10} {"close s":<10} {"export s":<10} {"export lines":<12}')
+n = run["naive_ingest"]
+print(f'naive: {n["cdrs"]} CDRs, one INSERT each over {n["conns"]} connections: '
+      f'{n["cdrs_per_s"]:.0f} CDRs/s (insert p50 {n["insert_p50_ms"]:.1f} ms, p99 '
+      f'{n["insert_p99_ms"]:.1f} ms); ringbid / naive = {i["cdrs_per_s"] / n["cdrs_per_s"]:.1f}')
+print(f'\n{"period CDRs":<14} {"insert s":<10} {"close s":<10} {"export s":<10} {"export lines":<13}'
+      f'{"naive close s":<14} {"naive export s":<15} {"totals match":<12}')
 for p in run["payroll"]:
+    nv = p.get("naive") or {}
     print(f'{p["cdrs"]:<14} {p["insert_ms"]/1000:<10.1f} {p["close_ms"]/1000:<10.1f} '
-          f'{p["export_ms"]/1000:<10.1f} {p["export_lines"]:<12}')
+          f'{p["export_ms"]/1000:<10.1f} {p["export_lines"]:<13}'
+          f'{nv.get("close_ms", 0)/1000:<14.1f} {nv.get("export_ms", 0)/1000:<15.2f} '
+          f'{str(nv.get("totals_match")):<12}')
 PY
 echo "written: bench/results/billing.json"

@@ -33,6 +33,7 @@ typedef struct bench_agent {
 	atomic_int ready;  // AVAILABLE seen once
 	atomic_int retry;  // login refused as busy: send it again
 	atomic_int logged; // login answered with a token
+	atomic_int held;   // --hold: this agent was offered a call and keeps it
 } bench_agent;
 
 static bench_agent *agents;
@@ -44,6 +45,11 @@ static atomic_uint_fast64_t offers_seen, agents_ready, login_failures, logins_an
 static size_t n_calls;
 static unsigned long long run_id; // call ids of one run never repeat an earlier run's
 static atomic_uint_fast64_t calls_ended;
+// --hold FILE: agents accept offers and keep the calls, so calls beyond the agents wait; once
+// every agent holds one, FILE is created and the run lasts until it is removed (bench/run.sh
+// reads each service's memory meanwhile).
+static const char *hold_file;
+static atomic_uint_fast64_t offers_while_holding; // --hold: offers to an agent holding a call
 
 static int send_agent(bench_agent *a, Ringbid__AgentMsg *m)
 {
@@ -86,8 +92,11 @@ static void on_agent_msg(bench_agent *a, Ringbid__AgentMsg *in)
 			out.body_case = RINGBID__AGENT_MSG__BODY_END_CALL;
 			out.end_call = &end;
 			send_agent(a, &out);
-		} else if (st == RINGBID__AGENT_STATE__AGENT_NOT_READY ||
-		           st == RINGBID__AGENT_STATE__AGENT_WRAP_UP) {
+		} else if ((st == RINGBID__AGENT_STATE__AGENT_NOT_READY ||
+		            st == RINGBID__AGENT_STATE__AGENT_WRAP_UP) &&
+		           !atomic_load(&a->held)) {
+			// In a --hold run an agent takes one call at most and stays out after it,
+			// so the calls beyond the agents keep waiting.
 			Ringbid__SetState ss = RINGBID__SET_STATE__INIT;
 
 			ss.state = RINGBID__AGENT_STATE__AGENT_AVAILABLE;
@@ -110,6 +119,8 @@ static void on_agent_msg(bench_agent *a, Ringbid__AgentMsg *in)
 			offer_lat_us[seq] = rb_mono_us() - sent_us[seq];
 			atomic_fetch_add(&offers_seen, 1);
 		}
+		if (hold_file != NULL && atomic_exchange(&a->held, 1) != 0)
+			atomic_fetch_add(&offers_while_holding, 1);
 		ans.offer_id = in->offer->offer_id;
 		ans.accept = true;
 		out.seq = 3;
@@ -119,7 +130,8 @@ static void on_agent_msg(bench_agent *a, Ringbid__AgentMsg *in)
 		break;
 	}
 	case RINGBID__AGENT_MSG__BODY_CALL_EVENT:
-		if (in->call_event->kind == RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED) {
+		if (in->call_event->kind == RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED &&
+		    hold_file == NULL) {
 			Ringbid__EndCall end = RINGBID__END_CALL__INIT;
 
 			end.call_id = in->call_event->call_id;
@@ -334,7 +346,8 @@ static void make_agents(const char *conninfo, size_t n, const char *secret)
 static void usage(void)
 {
 	fprintf(stderr, "usage: dispatch --agents N --calls N [--rate CALLS_PER_S] [--callers N]\n"
-	                "                [--urls URL,URL...] [--setup-only] [--skip-setup]\n");
+	                "                [--urls URL,URL...] [--setup-only] [--skip-setup]\n"
+	                "                [--hold FILE]\n");
 	exit(2);
 }
 
@@ -364,6 +377,8 @@ int main(int argc, char **argv)
 			snprintf(urls, sizeof(urls), "%s", argv[++i]);
 		else if (!strcmp(argv[i], "--setup-only"))
 			setup_only = true;
+		else if (!strcmp(argv[i], "--hold") && i + 1 < argc)
+			hold_file = argv[++i];
 		else if (!strcmp(argv[i], "--skip-setup"))
 			skip_setup = true;
 		else
@@ -454,6 +469,25 @@ int main(int argc, char **argv)
 		pthread_join(th[t], NULL);
 		refused += callers[t].refused;
 		nng_close(callers[t].sock);
+	}
+	if (hold_file != NULL) {
+		size_t want = n_calls - refused < n_agents ? n_calls - refused : n_agents;
+		FILE *f;
+
+		for (int i = 0; i < 3000 && atomic_load(&offers_seen) < want; i++)
+			usleep(10000);
+		printf("{\"agents\":%zu,\"calls\":%zu,\"refused\":%zu,\"on_call\":%" PRIuFAST64
+		       ",\"waiting\":%" PRIuFAST64 ",\"offers_while_holding\":%" PRIuFAST64
+		       ",\"calls_ended\":%" PRIuFAST64 "}\n",
+		       n_agents, n_calls, refused, atomic_load(&offers_seen),
+		       n_calls - refused - atomic_load(&offers_seen),
+		       atomic_load(&offers_while_holding), atomic_load(&calls_ended));
+		fflush(stdout);
+		if ((f = fopen(hold_file, "w")) != NULL)
+			fclose(f);
+		for (int i = 0; i < 12000 && access(hold_file, F_OK) == 0; i++)
+			usleep(10000);
+		return atomic_load(&offers_seen) >= want ? 0 : 1;
 	}
 	// Offers trail the last reply by a few hops.
 	for (int i = 0; i < 500 && atomic_load(&offers_seen) + refused < n_calls; i++)

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# make bench: dispatch figures, then billing's (bench/billing.sh).
+# make bench: dispatch figures side by side with a PostgreSQL dispatcher, then billing's
+# (bench/billing.sh, against a naive billing).
 #   1. end to end on a private stack on loopback: real agent sessions (build/bench/dispatch)
 #      and calls placed through the broker's API, timed from call arrival to the offer at the
 #      agent; at low load, at 1,000 calls/s and as fast as the broker acknowledges;
-#   2. the auction engine alone in process (build/bench/auction) with 1,000 to 100,000
+#   2. memory: each service's resident memory with the largest session count online, every
+#      agent on a call and 10,000 more calls waiting;
+#   3. the baseline (build/bench/baseline): agents as rows in PostgreSQL, one SKIP LOCKED
+#      statement per call, 1,000 to 100,000 agents and 1 to 100 queues, on the same server;
+#   4. the auction engine alone in process (build/bench/auction) with 1,000 to 100,000
 #      available agents and 1 to 100 queues.
 # Prints tables and writes bench/results/latest.json. Figures are printed, never asserted.
 #   bench/run.sh [--quick]
@@ -27,9 +32,9 @@ ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 nofile=$(ulimit -n)
 
 if [ $quick = 1 ]; then
-	calls=5000 low_calls=500 auction_min_calls=50000
+	calls=5000 low_calls=500 auction_min_calls=50000 base_calls=2000 waiting=2000
 else
-	calls=20000 low_calls=2000 auction_min_calls=200000
+	calls=20000 low_calls=2000 auction_min_calls=200000 base_calls=10000 waiting=10000
 fi
 low_rate=100 rate=1000 low_agents=1000
 sizes=${RINGBID_BENCH_AGENTS:-1000 10000}
@@ -119,6 +124,40 @@ for n in $sizes; do
 	dispatch_run rate "$n" "$calls" "$rate"
 	dispatch_run max "$n" "$calls"
 done
+
+# Memory: the largest session count that fits, every agent holding a call and $waiting calls
+# waiting behind them; each service's resident memory (VmRSS) and its peak so far (VmHWM).
+mem_n=0
+for n in $sizes; do [ "$n" -le $((nofile - 1000)) ] && [ "$n" -gt "$mem_n" ] && mem_n=$n; done
+memory=""
+if [ "$mem_n" -gt 0 ]; then
+	echo "memory: $mem_n agents on calls and $waiting calls waiting" >&2
+	hold=$RINGBID_HOME/hold
+	rm -f "$hold"
+	"$root/build/bench/dispatch" --agents "$mem_n" --calls $((mem_n + waiting)) --skip-setup \
+		--urls "$urls" --hold "$hold" >"$RINGBID_HOME/hold.out" &
+	hold_pid=$!
+	for _ in $(seq 1 1800); do [ -e "$hold" ] && break; kill -0 $hold_pid 2>/dev/null || break; sleep 0.1; done
+	sleep 1
+	for f in "$RINGBID_HOME"/run/*.pid; do
+		[ -r "$f" ] || continue
+		st=/proc/$(cat "$f")/status
+		[ -r "$st" ] || continue
+		memory="${memory:+$memory,}\"$(basename "$f" .pid)\":{\"rss_kb\":$(awk '/^VmRSS:/ {print $2}' "$st"),\"hwm_kb\":$(awk '/^VmHWM:/ {print $2}' "$st")}"
+	done
+	rm -f "$hold"
+	wait $hold_pid || echo "  not every agent got a call" >&2
+	memory="{\"agents\":$mem_n,\"held\":$(cat "$RINGBID_HOME/hold.out" 2>/dev/null || echo null),\"services\":{$memory}}"
+	echo "  $memory" >&2
+fi
+
+# The baseline on the same PostgreSQL server, with the services stopped.
+"$root/bin/ringbid" down --keep-db >/dev/null
+echo "baseline: PostgreSQL dispatcher, $base_calls calls per case" >&2
+"$root/build/bench/baseline" --db "$RINGBID_DATABASE_URL" --agents 1000,10000,100000 \
+	--queues 1,10,100 --calls "$base_calls" >"$RINGBID_HOME/baseline.jsonl"
+"$root/build/bench/baseline" --db "$RINGBID_DATABASE_URL" --agents 1000,10000,100000 --queues 1 \
+	--calls "$base_calls" --rate "$rate" >>"$RINGBID_HOME/baseline.jsonl"
 "$root/bin/ringbid" down >/dev/null
 
 echo "auction: the engine alone, in process (build/bench/auction --min-calls $auction_min_calls)" >&2
@@ -126,54 +165,9 @@ auction_out=$RINGBID_HOME/auction.out
 "$root/build/bench/auction" --min-calls "$auction_min_calls" | tee "$auction_out" | grep -v '^{' >&2
 
 printf '%s\n' "${results[@]}" > "$RINGBID_HOME/dispatch.jsonl"
-python3 - "$RINGBID_HOME/dispatch.jsonl" "$auction_out" "$root/bench/results/latest.json" \
-	"$quick" "$nofile" "$fd_note" "$started" "$load_at_start" <<'PY'
-import json, os, platform, sys, time
-dispatch_file, auction_file, out, quick, nofile, note, started, load0 = sys.argv[1:]
-dispatch = [json.loads(l) for l in open(dispatch_file) if l.strip()]
-auction = [json.loads(l) for l in open(auction_file) if l.startswith("{")]
-mem_kb = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-            if l.startswith("model name")), platform.machine())
-doc = {
-    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    "command": "bench/run.sh" + (" --quick" if quick == "1" else ""),
-    "machine": {"arch": platform.machine(), "cpu": cpu, "nproc": os.cpu_count(),
-                "memory_gib": round(mem_kb / 1048576, 1),
-                "loadavg_at_start": [float(x) for x in load0.split()],
-                "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                "open_files_limit": int(nofile)},
-    "note": note,
-    "dispatch": dispatch,
-    "auction": auction,
-    "seconds": int(time.time()) - int(started),
-}
-json.dump(doc, open(out, "w"), indent=1)
-open(out, "a").write("\n")
-
-print("\nend to end: call arrival at the broker -> offer at the agent's session"
-      "\n(cpu: each service's CPU time per offered call, ms: broker/auction/presence/billing)")
-print(f'{"agents":<8} {"load":<14} {"calls":<7} {"offered":<8} {"calls/s":<9} '
-      f'{"p50 ms":<9} {"p99 ms":<9} {"p99.9 ms":<9} {"max ms":<9} {"cpu ms/call":<12}')
-for r in dispatch:
-    load = f'{r["target_rate"]:g}/s' if r["target_rate"] else "max"
-    if r["load"] == "low":
-        load += " (low)"
-    cpu = "/".join(f'{r["cpu_ms_per_call"].get(s, 0):.2f}'
-                   for s in ("broker", "auction", "presence", "billing"))
-    print(f'{r["agents"]:<8} {load:<14} {r["calls"]:<7} {r["offered"]:<8} '
-          f'{r["calls_per_s"]:<9.0f} {r["p50_ms"]:<9.3f} {r["p99_ms"]:<9.3f} '
-          f'{r["p999_ms"]:<9.3f} {r["max_ms"]:<9.3f} {cpu:<12}')
-print("\nauction engine in process: time inside the engine per decision")
-print(f'{"agents":<8} {"queues":<7} {"matches/s":<10} {"arrival->match p50/p99/p99.9 us":<34} '
-      f'{"freed->match p50/p99/p99.9 us":<34}')
-for r in auction:
-    a, f = r["arrival_match"], r["freed_match"]
-    print(f'{r["agents"]:<8} {r["queues"]:<7} {r["matches_per_s"]:<10.0f} '
-          f'{a["p50_us"]:>7.2f} {a["p99_us"]:>8.2f} {a["p999_us"]:>9.2f}{"":8} '
-          f'{f["p50_us"]:>7.2f} {f["p99_us"]:>8.2f} {f["p999_us"]:>9.2f}')
-if note:
-    print("\nnote: " + note)
-PY
+echo "${memory:-null}" >"$RINGBID_HOME/memory.json"
+python3 "$root/bench/report.py" "$RINGBID_HOME/dispatch.jsonl" "$auction_out" \
+	"$RINGBID_HOME/baseline.jsonl" "$RINGBID_HOME/memory.json" \
+	"$root/bench/results/latest.json" "$quick" "$nofile" "$fd_note" "$started" "$load_at_start"
 echo "written: bench/results/latest.json (dispatch: $(($(date +%s) - started)) s)"
 cleanup; "$root/bench/billing.sh" $([ $quick = 1 ] && echo --quick)   # billing: CDR ingest, payroll close/export

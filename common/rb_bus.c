@@ -17,6 +17,16 @@
 // costs a loop wake-up); a few are enough, since nng queues behind them per peer anyway.
 #define SEND_POOL 8
 
+// Messages a PAIR socket buffers between the wire and the loop (NNG_OPT_RECVBUF). Without a
+// buffer pair1 holds one message per peer, so a busy loop finds at most one waiting and pays a
+// wake-up for each; with one, nng keeps reading while the loop works and the loop takes what
+// accumulated in one turn. It holds pointers only: messages are still capped by recv_max.
+#define RECV_BUF 256
+
+// Messages one wake-up takes from a PAIR socket before the loop attends to its other handles
+// (timers, other sockets, the database): a burst is handled in batches, never starving them.
+#define RECV_BATCH 128
+
 typedef enum {
 	OP_RECV,     // PAIR: the one receive
 	OP_SEND,     // PAIR: one of the send pool
@@ -75,6 +85,7 @@ struct rb_bus {
 	bool async_init;
 	pthread_mutex_t lock;
 	bus_op *q_head, *q_tail; // completions from nng threads (lock)
+	int q_pipes;             // pipe events queued or in the batch, not yet handled (lock)
 	bool shut;               // no more wake-ups: the async is being closed (lock)
 	bus_op *batch;           // completions taken off the queue, being handled (loop)
 	bool closing;            // rb_bus_free has begun (loop)
@@ -182,6 +193,8 @@ static void push_done(rb_bus *bus, bus_op *op)
 	else
 		bus->q_head = op;
 	bus->q_tail = op;
+	if (op->type == OP_PIPE)
+		bus->q_pipes++;
 	// uv_async_send under the lock: rb_bus_free sets shut under it before closing the async.
 	if (!bus->shut)
 		uv_async_send(&bus->async);
@@ -302,6 +315,33 @@ static void send_pump(rb_bus *bus)
 	}
 }
 
+// Whether a pipe event waits to be handled. Messages taken without the aio must not
+// overtake it: a peer's arrival is announced before anything it sent, and its departure after.
+static bool pipe_event_waiting(rb_bus *bus)
+{
+	bool waiting;
+
+	pthread_mutex_lock(&bus->lock);
+	waiting = bus->q_pipes > 0;
+	pthread_mutex_unlock(&bus->lock);
+	return waiting;
+}
+
+// Hands one received message to the service. Returns false when the callback freed the bus:
+// nothing of it may be touched then but the struct itself, which lives until its handle closes.
+static bool deliver(rb_bus *bus, nng_msg *msg)
+{
+	if (bus->on_recv != NULL)
+		bus->on_recv(bus, msg, bus->recv_arg);
+	else
+		nng_msg_free(msg);
+	return !bus->closing;
+}
+
+// The receive aio completed: its message is delivered, then whatever else nng has buffered is
+// taken without waiting (up to RECV_BATCH), and only then is the aio armed again. One loop
+// wake-up thus serves a burst instead of one message, and the aio being idle while the loop
+// drains keeps the order of messages.
 static void handle_recv(rb_bus *bus, bus_op *op)
 {
 	int rv = nng_aio_result(op->aio);
@@ -316,12 +356,22 @@ static void handle_recv(rb_bus *bus, bus_op *op)
 	}
 	msg = nng_aio_get_msg(op->aio);
 	nng_aio_set_msg(op->aio, NULL);
-	// Re-arm first: the callback may free the bus, after which op must not be touched.
+	if (!deliver(bus, msg))
+		return;
+	for (int n = 1; n < RECV_BATCH && !pipe_event_waiting(bus); n++) {
+		rv = nng_recvmsg(bus->sock, &msg, NNG_FLAG_NONBLOCK);
+		if (rv == NNG_EAGAIN)
+			break;
+		if (rv != 0) {
+			// The aio reports the same failure (a closed socket) or recovers from it.
+			if (rv != NNG_ECLOSED)
+				rb_warn("bus %s: receive failed: %s", bus->name, nng_strerror(rv));
+			break;
+		}
+		if (!deliver(bus, msg))
+			return;
+	}
 	nng_recv_aio(bus->sock, op->aio);
-	if (bus->on_recv != NULL)
-		bus->on_recv(bus, msg, bus->recv_arg);
-	else
-		nng_msg_free(msg);
 }
 
 static void handle_send(rb_bus *bus, bus_op *op)
@@ -448,6 +498,9 @@ static void handle_pipe(rb_bus *bus, bus_op *op)
 	pipe_entry *pe;
 
 	free(op);
+	pthread_mutex_lock(&bus->lock);
+	bus->q_pipes--;
+	pthread_mutex_unlock(&bus->lock);
 	HASH_FIND(hh, bus->pipes, &id, sizeof(id), pe);
 	if (added) {
 		if (pe != NULL)
@@ -706,6 +759,10 @@ int rb_bus_new(uv_loop_t *loop, rb_bus_kind kind, const rb_bus_opts *opts, rb_bu
 		goto fail;
 
 	if (kind == RB_BUS_PAIR || kind == RB_BUS_PAIR_POLY) {
+		// A protocol without a receive buffer keeps working, one message per wake-up.
+		if ((rv = nng_socket_set_int(bus->sock, NNG_OPT_RECVBUF, RECV_BUF)) != 0 &&
+		    rv != NNG_ENOTSUP)
+			goto fail;
 		if ((rv = nng_aio_alloc(&bus->recv_op.aio, aio_done, &bus->recv_op)) != 0)
 			goto fail;
 		bus->recv_op.bus = bus;

@@ -470,6 +470,164 @@ static void test_echo_many(void **state)
 	rb_bus_free(rep);
 }
 
+// Receives numbered messages "n<i>" and checks each is the next one from its peer, and that the
+// peer was announced before its first message.
+typedef struct {
+	int recvs;
+	int adds;
+	int removes;
+	uint32_t pipes[8];
+	int next[8];
+	int out_of_order;
+	int unannounced;
+	int free_after; // > 0: the callback frees the bus on that message
+	rb_bus **self;
+} burst;
+
+static int burst_peer(burst *b, uint32_t id)
+{
+	for (int i = 0; i < b->adds && i < 8; i++) {
+		if (b->pipes[i] == id)
+			return i;
+	}
+	return -1;
+}
+
+static void on_burst_pipe(rb_bus *bus, nng_pipe pipe, bool added, void *arg)
+{
+	burst *b = arg;
+
+	(void)bus;
+	if (!added) {
+		b->removes++;
+		return;
+	}
+	if (b->adds < 8)
+		b->pipes[b->adds] = nng_pipe_id(pipe);
+	b->adds++;
+}
+
+static void on_burst_recv(rb_bus *bus, nng_msg *msg, void *arg)
+{
+	burst *b = arg;
+	int peer = burst_peer(b, nng_pipe_id(nng_msg_get_pipe(msg)));
+	char text[32];
+	size_t n = nng_msg_len(msg) < sizeof(text) - 1 ? nng_msg_len(msg) : sizeof(text) - 1;
+
+	memcpy(text, nng_msg_body(msg), n);
+	text[n] = '\0';
+	nng_msg_free(msg);
+	b->recvs++;
+	if (peer < 0) {
+		b->unannounced++;
+	} else {
+		if (atoi(text + 1) != b->next[peer])
+			b->out_of_order++;
+		b->next[peer] = atoi(text + 1) + 1;
+	}
+	if (b->free_after > 0 && b->recvs == b->free_after) {
+		rb_bus_free(bus);
+		*b->self = NULL;
+	}
+}
+
+static void send_numbered(rb_bus *bus, int count)
+{
+	for (int i = 0; i < count; i++) {
+		char buf[16];
+
+		snprintf(buf, sizeof(buf), "n%d", i);
+		assert_int_equal(rb_bus_send(bus, text_msg(buf)), 0);
+	}
+}
+
+// A burst far larger than one wake-up's batch arrives whole and in order, on a pair link and on
+// a polyamorous socket with several peers that send as soon as they are connected.
+static void test_burst_in_order(void **state)
+{
+	fixture *f = *state;
+	rb_bus_opts o = opts(4096);
+	burst rb = {0}, pb = {0};
+	events se = {0};
+	rb_bus *srv, *cli, *poly, *peers[3];
+	char url[64], purl[64];
+	const int count = 20000;
+
+	make_url(url, sizeof(url));
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &srv), 0);
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &cli), 0);
+	rb_bus_on_pipe(srv, on_pipe, &se);
+	rb_bus_on_recv(cli, on_burst_recv, &rb);
+	rb_bus_on_pipe(cli, on_burst_pipe, &rb);
+	assert_int_equal(rb_bus_listen(srv, url), 0);
+	assert_int_equal(rb_bus_dial(cli, url), 0);
+	assert_true(run_until(&f->loop, &se.adds, 1, 3000));
+	send_numbered(srv, count);
+	assert_true(run_until(&f->loop, &rb.recvs, count, 20000));
+	assert_int_equal(rb.out_of_order, 0);
+	assert_int_equal(rb.unannounced, 0);
+	assert_int_equal(rb.next[0], count);
+	assert_int_equal(rb_bus_dropped(srv), 0);
+	rb_bus_free(cli);
+	rb_bus_free(srv);
+
+	make_url(purl, sizeof(purl));
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR_POLY, &o, &poly), 0);
+	rb_bus_on_recv(poly, on_burst_recv, &pb);
+	rb_bus_on_pipe(poly, on_burst_pipe, &pb);
+	assert_int_equal(rb_bus_listen(poly, purl), 0);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &peers[i]), 0);
+		assert_int_equal(rb_bus_dial(peers[i], purl), 0);
+		// Queued before the link is up: sent the moment it is.
+		send_numbered(peers[i], 2000);
+	}
+	assert_true(run_until(&f->loop, &pb.recvs, 3 * 2000, 20000));
+	assert_int_equal(pb.adds, 3);
+	assert_int_equal(pb.out_of_order, 0);
+	assert_int_equal(pb.unannounced, 0);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(pb.next[i], 2000);
+	// A peer's departure is announced after everything it sent.
+	rb_bus_free(peers[0]);
+	assert_true(run_until(&f->loop, &pb.removes, 1, 3000));
+	assert_int_equal(pb.recvs, 3 * 2000);
+	rb_bus_free(peers[1]);
+	rb_bus_free(peers[2]);
+	rb_bus_free(poly);
+}
+
+// The receive callback may free its bus in the middle of a burst: nothing more is delivered and
+// the messages still buffered are released.
+static void test_free_during_burst(void **state)
+{
+	fixture *f = *state;
+	rb_bus_opts o = opts(4096);
+	burst b = {0};
+	events se = {0};
+	rb_bus *srv, *cli;
+	char url[64];
+
+	make_url(url, sizeof(url));
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &srv), 0);
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &cli), 0);
+	b.free_after = 10;
+	b.self = &cli;
+	rb_bus_on_pipe(srv, on_pipe, &se);
+	rb_bus_on_recv(cli, on_burst_recv, &b);
+	rb_bus_on_pipe(cli, on_burst_pipe, &b);
+	assert_int_equal(rb_bus_listen(srv, url), 0);
+	assert_int_equal(rb_bus_dial(cli, url), 0);
+	assert_true(run_until(&f->loop, &se.adds, 1, 3000));
+	send_numbered(srv, 1000);
+	assert_true(run_until(&f->loop, &b.recvs, 10, 5000));
+	run_for(&f->loop, 100);
+	assert_null(cli);
+	assert_int_equal(b.recvs, 10);
+	assert_int_equal(b.out_of_order, 0);
+	rb_bus_free(srv);
+}
+
 static void test_recv_max(void **state)
 {
 	fixture *f = *state;
@@ -676,6 +834,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_rep_deferred_reply, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_req_timeout, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_echo_many, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_burst_in_order, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_free_during_burst, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_recv_max, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_send_timeout_drops, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_free_cancels, setup, teardown),
