@@ -34,8 +34,8 @@ struct auction {
 // One registry per process: the auction's metrics are registered once.
 static struct {
 	bool registered;
-	rb_metric *decisions, *resends, *refused, *available, *waiting, *agents, *reserved,
-	        *backstops, *forgotten;
+	rb_metric *decisions, *exploratory, *resends, *refused, *available, *waiting, *agents,
+	        *reserved, *backstops, *forgotten;
 } metrics;
 
 static void metric_inc(rb_metric *m)
@@ -63,6 +63,9 @@ static void metrics_register(void)
 	metrics.registered = true;
 	metrics.decisions = rb_metrics_counter("ringbid_auction_decisions_total", NULL,
 	                                       "Calls matched to an agent (new decisions).");
+	metrics.exploratory =
+	        rb_metrics_counter("ringbid_auction_exploratory_decisions_total", NULL,
+	                           "Calls matched by the exploration share (longest available).");
 	metrics.resends = rb_metrics_counter("ringbid_auction_match_resends_total", NULL,
 	                                     "Matches sent again for a re-enqueued matched call.");
 	metrics.refused = rb_metrics_counter("ringbid_auction_messages_refused_total", NULL,
@@ -187,10 +190,13 @@ static void on_match(const market_match *mm, void *arg)
 		rb_logf(RB_LOG_DEBUG, mm->call_id, mm->agent_id, "match sent again");
 	} else {
 		metric_inc(metrics.decisions);
+		if (d->exploratory)
+			metric_inc(metrics.exploratory);
 		rb_logf(RB_LOG_INFO, mm->call_id, mm->agent_id,
-		        "matched: %s, score %.2f, runner-up %" PRIu64 " (%.2f), %" PRIu32
+		        "matched: %s, score %.2f (%s), runner-up %" PRIu64 " (%.2f%s%s), %" PRIu32
 		        " eligible",
-		        d->reason, d->score, d->runner_up_id, d->runner_up_score, d->eligible);
+		        d->reason, d->score, d->score_basis, d->runner_up_id, d->runner_up_score,
+		        d->runner_up_basis[0] ? " " : "", d->runner_up_basis, d->eligible);
 	}
 	if (!a->broker_up && !a->from_broker) {
 		// The broker enqueues every waiting call when it connects; this Match goes then.
@@ -204,9 +210,11 @@ static void on_match(const market_match *mm, void *arg)
 	dec.runner_up_id = d->runner_up_id;
 	dec.runner_up_score = d->runner_up_score;
 	dec.eligible = d->eligible;
-	dec.exploratory = false;
+	dec.exploratory = d->exploratory;
 	dec.reason = (char *)d->reason;
 	dec.available_since_us = d->available_since_us;
+	dec.score_basis = (char *)d->score_basis;
+	dec.runner_up_basis = (char *)d->runner_up_basis;
 	Ringbid__Match m = RINGBID__MATCH__INIT;
 	m.call_id = (char *)mm->call_id;
 	m.agent_id = mm->agent_id;
@@ -330,6 +338,10 @@ static bool check_enqueue(const Ringbid__Enqueue *e, uint64_t now_us, char *why,
 		snprintf(why, len, "arrived_us %" PRIu64 " is impossible", e->arrived_us);
 		return false;
 	}
+	if (!isfinite(e->explore_share) || e->explore_share < 0.0 || e->explore_share > 1.0) {
+		snprintf(why, len, "explore_share %g outside 0..1", e->explore_share);
+		return false;
+	}
 	return true;
 }
 
@@ -354,6 +366,7 @@ static void on_enqueue(auction *a, const Ringbid__Enqueue *e)
 	        .arrived_us = e->arrived_us,
 	        .excluded = e->excluded,
 	        .nexcluded = e->n_excluded,
+	        .explore_share = e->explore_share,
 	};
 	int rc = market_enqueue(a->mk, &in, now);
 	if (rc == RB_EBUSY)

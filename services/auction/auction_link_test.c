@@ -81,8 +81,9 @@ static void deliver(fixture *f, auction_link_id link, Ringbid__Envelope *env, co
 	free(buf);
 }
 
-static void send_enqueue(fixture *f, const char *call_id, const char *program, char **skills,
-                         size_t nskills, uint64_t *excl, size_t nexcl, const char *token)
+static void send_enqueue_share(fixture *f, const char *call_id, const char *program, char **skills,
+                               size_t nskills, uint64_t *excl, size_t nexcl, double share,
+                               const char *token)
 {
 	Ringbid__Enqueue e = RINGBID__ENQUEUE__INIT;
 	e.call_id = (char *)call_id;
@@ -92,10 +93,17 @@ static void send_enqueue(fixture *f, const char *call_id, const char *program, c
 	e.arrived_us = rb_now_us() - 1000;
 	e.excluded = excl;
 	e.n_excluded = nexcl;
+	e.explore_share = share;
 	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
 	env.body_case = RINGBID__ENVELOPE__BODY_ENQUEUE;
 	env.enqueue = &e;
 	deliver(f, AUCTION_LINK_BROKER, &env, token);
+}
+
+static void send_enqueue(fixture *f, const char *call_id, const char *program, char **skills,
+                         size_t nskills, uint64_t *excl, size_t nexcl, const char *token)
+{
+	send_enqueue_share(f, call_id, program, skills, nskills, excl, nexcl, 0.0, token);
 }
 
 static void send_agent(fixture *f, uint64_t id, bool avail, double score, uint64_t seq,
@@ -184,6 +192,8 @@ static void test_match_sent_to_broker(void **state)
 	assert_string_equal(d->reason, "highest score");
 	assert_int_equal(d->available_since_us, 1007);
 	assert_false(d->exploratory);
+	assert_string_equal(d->score_basis, "overall");
+	assert_string_equal(d->runner_up_basis, "overall");
 	uint64_t now = rb_now_us();
 	assert_true(d->at_us <= now && d->at_us + 60000000 > now);
 	assert_true(metric("ringbid_auction_decisions_total") == before + 1);
@@ -463,6 +473,72 @@ static void test_bad_input_refused(void **state)
 	assert_int_equal(f->out[0].env->body_case, RINGBID__ENVELOPE__BODY_MATCH);
 }
 
+static void test_exploration_on_the_wire(void **state)
+{
+	fixture *f = *state;
+	links_up(f);
+	// available_since_us is 1000 + id: 9 has waited longest, 10 has the better score.
+	send_agent(f, 9, true, 40, 1, TOKEN);
+	send_agent(f, 10, true, 95, 1, TOKEN);
+	double explored = metric("ringbid_auction_exploratory_decisions_total");
+	send_enqueue_share(f, "e1", "p", NULL, 0, NULL, 0, 1.0, TOKEN);
+	assert_int_equal(f->nout, 1);
+	const Ringbid__Decision *d = f->out[0].env->match->decision;
+	assert_int_equal(f->out[0].env->match->agent_id, 9);
+	assert_true(d->exploratory);
+	assert_string_equal(d->reason, "exploration: longest available");
+	assert_true(d->score == 40);
+	assert_string_equal(d->score_basis, "overall");
+	assert_int_equal(d->runner_up_id, 10);
+	assert_string_equal(d->runner_up_basis, "overall");
+	assert_true(metric("ringbid_auction_exploratory_decisions_total") == explored + 1);
+	clear_out(f);
+	// A program score is named as such; with no runner-up its basis is empty.
+	Ringbid__AgentUpdate u = RINGBID__AGENT_UPDATE__INIT;
+	Ringbid__ProgramScore p = RINGBID__PROGRAM_SCORE__INIT;
+	Ringbid__ProgramScore *pv[] = {&p};
+	p.program = "sales";
+	p.score = 77;
+	u.agent_id = 11;
+	u.available = true;
+	u.score = 10;
+	u.state_seq = 1;
+	u.program_scores = pv;
+	u.n_program_scores = 1;
+	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
+	env.body_case = RINGBID__ENVELOPE__BODY_AGENT;
+	env.agent = &u;
+	send_enqueue(f, "e2", "p", NULL, 0, NULL, 0, TOKEN); // takes 10, the best score
+	clear_out(f);
+	deliver(f, AUCTION_LINK_PRESENCE, &env, TOKEN);
+	assert_int_equal(f->nout, 0);
+	send_enqueue(f, "e3", "sales", NULL, 0, NULL, 0, TOKEN);
+	assert_int_equal(f->nout, 1);
+	d = f->out[0].env->match->decision;
+	assert_int_equal(d->agent_id, 11);
+	assert_false(d->exploratory);
+	assert_true(d->score == 77);
+	assert_string_equal(d->score_basis, "program");
+	assert_int_equal(d->runner_up_id, 0);
+	assert_string_equal(d->runner_up_basis, "");
+	assert_true(metric("ringbid_auction_exploratory_decisions_total") == explored + 1);
+	clear_out(f);
+	// A share that is no share refuses the Enqueue and changes nothing.
+	market_stats before, after;
+	market_get_stats(auction_market(f->a), &before);
+	static const double bad[] = {-0.01, 1.0001, NAN, INFINITY, -INFINITY};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		send_enqueue_share(f, "e4", "p", NULL, 0, NULL, 0, bad[i], TOKEN);
+		assert_int_equal(f->nout, 1);
+		assert_non_null(strstr(f->out[0].env->error->message, "explore_share"));
+		expect_error(f, AUCTION_LINK_BROKER, RB_EINVAL);
+	}
+	market_get_stats(auction_market(f->a), &after);
+	assert_int_equal(after.calls_waiting, before.calls_waiting);
+	assert_int_equal(after.calls_matched, before.calls_matched);
+	assert_int_equal(market_call_get(auction_market(f->a), "e4", NULL), MARKET_CALL_UNKNOWN);
+}
+
 static void test_janitor_updates_gauges(void **state)
 {
 	fixture *f = *state;
@@ -484,6 +560,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_snapshot_request_and_ready, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_snapshot_chunks, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_bad_input_refused, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_exploration_on_the_wire, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_janitor_updates_gauges, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,9 +2,11 @@
 //
 // A queue is one distinct (program, sorted required skills) pair. Each queue keeps the
 // available unreserved agents that cover its skills in a red-black tree ordered by the rule
-// (score for the queue's program desc, available since asc, id asc), and its waiting calls in
-// another (priority desc, arrived asc, call id asc). An agent sits in the index of every queue
-// it covers and remembers those entries, so taking it out costs O(q log n) for q queues.
+// (score for the queue's program desc, available since asc, id asc), once one of its calls
+// explored also in a second tree over the same entries ordered by (available since asc, id
+// asc), and its waiting calls in another (priority desc, arrived asc, call id asc). An agent sits
+// in the indexes of every queue it covers and remembers those entries, so taking it out costs O(q
+// log n) for q queues.
 //
 // Invariant after every public call: no waiting call has an eligible agent. A single event can
 // therefore create matches only around what it changed: the enqueued call, or the agent that
@@ -33,16 +35,19 @@ struct queue;
 struct agent;
 struct call;
 
-// One agent in one queue's index; the sort key is copied in so that the agent's data can
-// change without disturbing the tree before the entry is taken out.
+// One agent in one queue's indexes; the sort keys are copied in so that the agent's data can
+// change without disturbing the trees before the entry is taken out.
 struct qentry {
-	RB_ENTRY(qentry) link;
+	RB_ENTRY(qentry) link;  // in q->agents: the rule's order
+	RB_ENTRY(qentry) slink; // in q->since: longest available first
 	struct queue *q;
 	struct agent *a;
 	double score;
 	uint64_t since_us;
+	bool program_basis; // score is the agent's program score, not its overall score
 };
 RB_HEAD(agent_tree, qentry);
+RB_HEAD(since_tree, qentry);
 
 struct call {
 	char id[MARKET_ID_MAX + 1];
@@ -51,6 +56,7 @@ struct call {
 	struct call *lru_prev, *lru_next;
 	uint64_t touched_mono_us;
 	struct queue *q;
+	bool exploratory; // goes to the longest-available agent (its program's share)
 	int32_t priority;
 	uint64_t arrived_us;
 	uint64_t *excl; // sorted, distinct
@@ -68,6 +74,10 @@ struct queue {
 	char **skills; // sorted, distinct; one allocation with the strings
 	size_t nskills;
 	struct agent_tree agents;
+	// The same entries as agents, kept only once a call of the queue explored: most programs
+	// never explore, and their index changes then cost one tree, not two.
+	struct since_tree since;
+	bool explores;
 	size_t nagents;
 	struct call_tree calls;
 	size_t refs; // calls of this queue, waiting or matched
@@ -136,6 +146,15 @@ static int qentry_cmp(const struct qentry *x, const struct qentry *y)
 	return 0;
 }
 
+static int since_cmp(const struct qentry *x, const struct qentry *y)
+{
+	if (x->since_us != y->since_us)
+		return x->since_us < y->since_us ? -1 : 1;
+	if (x->a->id != y->a->id)
+		return x->a->id < y->a->id ? -1 : 1;
+	return 0;
+}
+
 static int call_cmp(const struct call *x, const struct call *y)
 {
 	if (x->priority != y->priority)
@@ -155,6 +174,7 @@ static int res_cmp(const struct agent *x, const struct agent *y)
 }
 
 RB_GENERATE_STATIC(agent_tree, qentry, link, qentry_cmp)
+RB_GENERATE_STATIC(since_tree, qentry, slink, since_cmp)
 RB_GENERATE_STATIC(call_tree, call, link, call_cmp)
 RB_GENERATE_STATIC(res_tree, agent, rlink, res_cmp)
 
@@ -284,20 +304,56 @@ static bool ps_equal(const struct pscore *x, size_t nx, const struct pscore *y, 
 }
 
 // The score the rule compares for program: the agent's program score, else its overall score.
-static double agent_score_for(const struct agent *a, const char *program)
+// *program_basis tells which.
+static double agent_score_for(const struct agent *a, const char *program, bool *program_basis)
 {
 	size_t lo = 0, hi = a->nps;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
 		int c = strcmp(a->ps[mid].program, program);
-		if (c == 0)
+		if (c == 0) {
+			*program_basis = true;
 			return a->ps[mid].score;
+		}
 		if (c < 0)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
+	*program_basis = false;
 	return a->score;
+}
+
+static const char *basis_name(bool program_basis)
+{
+	return program_basis ? MARKET_BASIS_PROGRAM : MARKET_BASIS_OVERALL;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exploration
+
+uint64_t market_explore_hash(const char *call_id)
+{
+	uint64_t h = 0xcbf29ce484222325ull; // FNV-1a offset basis
+	for (const unsigned char *p = (const unsigned char *)call_id; *p; p++) {
+		h ^= *p;
+		h *= 0x100000001b3ull; // FNV-1a prime
+	}
+	// splitmix64: FNV alone leaves the low digits of similar ids (call-1, call-2) correlated.
+	uint64_t z = h + 0x9e3779b97f4a7c15ull;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+bool market_call_exploratory(const char *call_id, double explore_share)
+{
+	if (!(explore_share > 0.0))
+		return false;
+	if (explore_share >= 1.0)
+		return true;
+	uint64_t cut = (uint64_t)(explore_share * MARKET_EXPLORE_SCALE + 0.5);
+	return market_explore_hash(call_id) % MARKET_EXPLORE_SCALE < cut;
 }
 
 static bool call_excludes(const struct call *c, uint64_t agent_id)
@@ -372,7 +428,8 @@ static int validate_call(const market_call_info *in)
 {
 	if (!in || !in->id || !rb_valid_id(in->id, MARKET_ID_MAX) || !in->program ||
 	    !rb_valid_id(in->program, MARKET_ID_MAX) || in->nskills > MARKET_MAX_SKILLS ||
-	    in->nexcluded > MARKET_MAX_EXCLUDED)
+	    in->nexcluded > MARKET_MAX_EXCLUDED || !isfinite(in->explore_share) ||
+	    in->explore_share < 0.0 || in->explore_share > 1.0)
 		return RB_EINVAL;
 	if ((in->nskills > 0 && !in->skills) || (in->nexcluded > 0 && !in->excluded))
 		return RB_EINVAL;
@@ -416,21 +473,31 @@ static int qentry_add(struct queue *q, struct agent *a)
 		return RB_ENOMEM;
 	e->q = q;
 	e->a = a;
-	e->score = agent_score_for(a, q->program);
+	e->score = agent_score_for(a, q->program, &e->program_basis);
 	e->since_us = a->since_us;
 	RB_INSERT(agent_tree, &q->agents, e);
+	if (q->explores)
+		RB_INSERT(since_tree, &q->since, e);
 	q->nagents++;
 	q->dirty = true;
 	a->qe[a->nqe++] = e;
 	return 0;
 }
 
+// Takes e out of both of its queue's agent trees (the caller frees it).
+static void qentry_unlink(struct qentry *e)
+{
+	RB_REMOVE(agent_tree, &e->q->agents, e);
+	if (e->q->explores)
+		RB_REMOVE(since_tree, &e->q->since, e);
+	e->q->nagents--;
+}
+
 static void index_remove(market *m, struct agent *a)
 {
 	for (size_t i = 0; i < a->nqe; i++) {
 		struct qentry *e = a->qe[i];
-		RB_REMOVE(agent_tree, &e->q->agents, e);
-		e->q->nagents--;
+		qentry_unlink(e);
 		free(e);
 	}
 	a->nqe = 0;
@@ -597,21 +664,52 @@ static void emit(market *m, const struct call *c, bool resend)
 	m->fn(&mm, m->arg);
 }
 
-// Matches waiting call c to the best eligible agent of its queue, if there is one.
-static bool match_call(market *m, struct call *c, market_time now)
+// The first two eligible agents of c in the rule's order (*w NULL: none).
+static void best_two_by_score(const struct call *c, struct qentry **w, struct qentry **r)
 {
-	struct qentry *w = NULL, *r = NULL, *e;
+	struct qentry *e;
+	*w = *r = NULL;
 	RB_FOREACH(e, agent_tree, &c->q->agents)
 	{
 		if (call_excludes(c, e->a->id))
 			continue;
-		if (!w) {
-			w = e;
+		if (!*w) {
+			*w = e;
 		} else {
-			r = e;
-			break;
+			*r = e;
+			return;
 		}
 	}
+}
+
+// The first two eligible agents of c by how long they have been available, then id.
+static void best_two_by_since(const struct call *c, struct qentry **w, struct qentry **r)
+{
+	struct qentry *e;
+	*w = *r = NULL;
+	RB_FOREACH(e, since_tree, &c->q->since)
+	{
+		if (call_excludes(c, e->a->id))
+			continue;
+		if (!*w) {
+			*w = e;
+		} else {
+			*r = e;
+			return;
+		}
+	}
+}
+
+// Matches waiting call c to the best eligible agent of its queue, if there is one: by the
+// rule, or for an exploratory call the longest available (its runner-up is then the next in
+// that order, the agent exploration would have picked next).
+static bool match_call(market *m, struct call *c, market_time now)
+{
+	struct qentry *w, *r;
+	if (c->exploratory)
+		best_two_by_since(c, &w, &r);
+	else
+		best_two_by_score(c, &w, &r);
 	if (!w)
 		return false;
 	market_decision d = {
@@ -620,8 +718,13 @@ static bool match_call(market *m, struct call *c, market_time now)
 	        .score = w->score,
 	        .eligible = call_eligible(m, c),
 	        .available_since_us = w->since_us,
+	        .exploratory = c->exploratory,
+	        .score_basis = basis_name(w->program_basis),
+	        .runner_up_basis = "",
 	};
-	if (!r)
+	if (c->exploratory)
+		d.reason = MARKET_REASON_EXPLORE;
+	else if (!r)
 		d.reason = MARKET_REASON_ONLY;
 	else if (w->score != r->score)
 		d.reason = MARKET_REASON_SCORE;
@@ -632,6 +735,7 @@ static bool match_call(market *m, struct call *c, market_time now)
 	if (r) {
 		d.runner_up_id = r->a->id;
 		d.runner_up_score = r->score;
+		d.runner_up_basis = basis_name(r->program_basis);
 	}
 	struct agent *a = w->a; // w is freed by the transition
 	call_transition(m, c, MARKET_CALL_MATCHED, a->id);
@@ -714,7 +818,7 @@ static void queue_drop(market *m, struct queue *q)
 {
 	struct qentry *e;
 	while ((e = RB_MIN(agent_tree, &q->agents)) != NULL) {
-		RB_REMOVE(agent_tree, &q->agents, e);
+		qentry_unlink(e);
 		agent_forget_queue(e->a, q);
 		free(e);
 	}
@@ -722,6 +826,20 @@ static void queue_drop(market *m, struct queue *q)
 	m->queues[q->slot]->slot = q->slot;
 	HASH_DEL(m->qhash, q);
 	queue_free(q);
+}
+
+// The queue's first exploratory call: its longest-available index is built from the agents
+// indexed now (O(n log n), once per queue, like opening it) and kept from then on.
+static void queue_explore(struct queue *q)
+{
+	if (q->explores)
+		return;
+	struct qentry *e;
+	RB_FOREACH(e, agent_tree, &q->agents)
+	{
+		RB_INSERT(since_tree, &q->since, e);
+	}
+	q->explores = true;
 }
 
 static void queue_unref(struct queue *q, market_time now)
@@ -794,6 +912,7 @@ static int queue_get(market *m, const char *program, char *const *skills, size_t
 	q->skills = sv;
 	q->nskills = ns;
 	RB_INIT(&q->agents);
+	RB_INIT(&q->since);
 	RB_INIT(&q->calls);
 	rc = 0;
 	for (struct agent *a = m->ihead; a && rc == 0; a = a->inext) {
@@ -812,7 +931,7 @@ static int queue_get(market *m, const char *program, char *const *skills, size_t
 	if (rc != 0) {
 		struct qentry *e;
 		while ((e = RB_MIN(agent_tree, &q->agents)) != NULL) {
-			RB_REMOVE(agent_tree, &q->agents, e);
+			qentry_unlink(e);
 			agent_forget_queue(e->a, q);
 			free(e);
 		}
@@ -1082,11 +1201,17 @@ int market_enqueue(market *m, const market_call_info *in, market_time now)
 	rc = excl_make(in->excluded, in->nexcluded, &excl, &nexcl);
 	if (rc != 0)
 		return rc;
+	bool exploratory = market_call_exploratory(in->id, in->explore_share);
 	struct call *c = call_find(m, in->id);
 	if (c) {
 		free(c->excl);
 		c->excl = excl;
 		c->nexcl = nexcl;
+		// The program's share may have changed since the last Enqueue; a match already made
+		// keeps its decision.
+		c->exploratory = exploratory;
+		if (exploratory)
+			queue_explore(c->q);
 		lru_touch(m, c, now);
 		if (c->state == MARKET_CALL_MATCHED) {
 			struct agent *a = agent_find(m, c->agent_id);
@@ -1119,6 +1244,9 @@ int market_enqueue(market *m, const market_call_info *in, market_time now)
 	}
 	snprintf(c->id, sizeof c->id, "%s", in->id);
 	c->q = q;
+	c->exploratory = exploratory;
+	if (exploratory)
+		queue_explore(q);
 	c->priority = in->priority;
 	c->arrived_us = in->arrived_us;
 	c->excl = excl;
@@ -1211,4 +1339,65 @@ market_call_state market_call_get(const market *m, const char *call_id, uint64_t
 	if (agent_id)
 		*agent_id = c && c->state == MARKET_CALL_MATCHED ? c->agent_id : 0;
 	return c ? c->state : MARKET_CALL_UNKNOWN;
+}
+
+// Walks one queue's two agent trees: each in its own strict order, the same entries, each
+// entry matching its agent's current data and listed by the agent.
+static int check_queue(const struct queue *q)
+{
+	struct queue *mq = (struct queue *)q; // the tree macros take non-const heads
+	size_t n = 0;
+	struct qentry *e, *prev = NULL;
+	RB_FOREACH(e, agent_tree, &mq->agents)
+	{
+		const struct agent *a = e->a;
+		bool basis;
+		double score = agent_score_for(a, q->program, &basis);
+		if (e->q != q || a->state != MARKET_AGENT_INDEXED || !agent_covers(a, q) ||
+		    e->score != score || e->program_basis != basis || e->since_us != a->since_us)
+			return RB_ESTATE;
+		bool listed = false;
+		for (size_t i = 0; i < a->nqe && !listed; i++)
+			listed = a->qe[i] == e;
+		if (!listed || (prev && qentry_cmp(prev, e) >= 0))
+			return RB_ESTATE;
+		if (q->explores && RB_FIND(since_tree, &mq->since, e) != e)
+			return RB_ESTATE;
+		prev = e;
+		n++;
+	}
+	if (n != q->nagents)
+		return RB_ESTATE;
+	if (!q->explores)
+		return RB_EMPTY(&mq->since) ? 0 : RB_ESTATE;
+	n = 0;
+	prev = NULL;
+	RB_FOREACH(e, since_tree, &mq->since)
+	{
+		if ((prev && since_cmp(prev, e) >= 0) || RB_FIND(agent_tree, &mq->agents, e) != e)
+			return RB_ESTATE;
+		prev = e;
+		n++;
+	}
+	return n == q->nagents ? 0 : RB_ESTATE;
+}
+
+int market_check(const market *m)
+{
+	for (size_t i = 0; i < m->nqueues; i++) {
+		int rc = check_queue(m->queues[i]);
+		if (rc != 0)
+			return rc;
+	}
+	// Every indexed agent sits in exactly the queues it covers.
+	size_t nindexed = 0;
+	for (const struct agent *a = m->ihead; a; a = a->inext) {
+		size_t covered = 0;
+		for (size_t i = 0; i < m->nqueues; i++)
+			covered += agent_covers(a, m->queues[i]);
+		if (a->state != MARKET_AGENT_INDEXED || a->nqe != covered)
+			return RB_ESTATE;
+		nindexed++;
+	}
+	return nindexed == m->nindexed ? 0 : RB_ESTATE;
 }

@@ -56,24 +56,38 @@ typedef struct market_call_info {
 	uint64_t arrived_us;
 	const uint64_t *excluded; // each > 0; duplicates are folded
 	size_t nexcluded;         // <= MARKET_MAX_EXCLUDED
+	double explore_share;     // the program's exploration share: finite, 0..1
 } market_call_info;
 
-// Why an agent won a call; mirrors the wire Decision. reason is static text.
+// Why an agent won a call; mirrors the wire Decision. The strings are static text.
 typedef struct market_decision {
 	uint64_t at_us;
 	uint64_t agent_id;
-	double score;
+	double score;          // the score compared for the call's program
 	uint64_t runner_up_id; // 0: none
 	double runner_up_score;
 	uint32_t eligible;
 	const char *reason;
 	uint64_t available_since_us;
+	bool exploratory;            // chosen by the program's exploration share
+	const char *score_basis;     // MARKET_BASIS_PROGRAM or MARKET_BASIS_OVERALL
+	const char *runner_up_basis; // likewise; "" when there is no runner-up
 } market_decision;
 
-#define MARKET_REASON_SCORE "highest score"
-#define MARKET_REASON_SINCE "tie on score: longest available"
-#define MARKET_REASON_ID    "tie on score and wait: lowest id"
-#define MARKET_REASON_ONLY  "only eligible agent"
+#define MARKET_REASON_SCORE   "highest score"
+#define MARKET_REASON_SINCE   "tie on score: longest available"
+#define MARKET_REASON_ID      "tie on score and wait: lowest id"
+#define MARKET_REASON_ONLY    "only eligible agent"
+#define MARKET_REASON_EXPLORE "exploration: longest available"
+
+#define MARKET_BASIS_PROGRAM "program" // the agent's score in the call's program
+#define MARKET_BASIS_OVERALL "overall" // the agent has no score in that program
+
+// Exploration (DESIGN §3): whether a call goes to the longest-available eligible agent instead
+// of the highest score depends only on its id and its program's share, so every restart of the
+// auction decides the same. h = splitmix64(fnv1a64(call_id)); the call is exploratory when
+// h % 1000000 < (uint64_t)(explore_share * 1000000 + 0.5).
+#define MARKET_EXPLORE_SCALE 1000000u
 
 // One Match to tell the broker. resend: the same decision again (a re-Enqueue of a call that
 // is still matched), not a new decision. Everything is valid only during the callback.
@@ -139,11 +153,20 @@ int market_snapshot(market *m, uint64_t snapshot_id, bool first, bool last,
                     const market_agent_info *agents, size_t nagents, market_time now,
                     size_t *dropped);
 
+// FNV-1a (64 bits) of call_id's bytes, then splitmix64's increment and finaliser: the hash
+// the exploration rule draws on. call_id must be a NUL-terminated string.
+uint64_t market_explore_hash(const char *call_id);
+// True when a call of this id is exploratory at this share. A share at or below 0 (or NaN)
+// never explores; at or above 1 always does.
+bool market_call_exploratory(const char *call_id, double explore_share);
+
 // Applies one Enqueue: a new call joins its queue; a known waiting call gets the new
 // exclusions; a known matched call whose agent is not excluded and still reserved for it has
 // its Match sent again (resend); otherwise it waits again. Then the call is matched if it can
-// be. Returns 0, RB_EINVAL (nothing changed), RB_EBUSY (too many distinct queues: the call is
-// not taken), RB_ENOMEM.
+// be. An exploratory call (market_call_exploratory, decided again on every Enqueue) goes to
+// its longest-available eligible agent (ties: lowest id) instead of the highest score, and
+// its Decision says so. Returns 0, RB_EINVAL (nothing changed), RB_EBUSY (too many distinct
+// queues: the call is not taken), RB_ENOMEM.
 int market_enqueue(market *m, const market_call_info *call, market_time now);
 
 // Applies one Dequeue: forgets the call; if release_agent is the agent reserved for it, that
@@ -171,5 +194,12 @@ void market_get_stats(const market *m, market_stats *out);
 market_agent_state market_agent_get(const market *m, uint64_t agent_id, const char **reserved_for);
 // State of one call; *agent_id (may be NULL) gets the matched agent, 0 when waiting.
 market_call_state market_call_get(const market *m, const char *call_id, uint64_t *agent_id);
+
+// Checks every queue's agent indexes against each other and against the agents' data: the
+// same entries in both (the longest-available one empty until a call of the queue explored),
+// each in order, each with its agent's current score and
+// available-since, and the counts right. O(entries): for tests and debugging, never on a
+// hot path. Returns 0, or RB_ESTATE naming nothing (the indexes disagree: a bug).
+int market_check(const market *m);
 
 #endif

@@ -1,5 +1,5 @@
-// Unit tests of the matching engine: the rule, the decisions, reservations, snapshots, and a
-// randomized comparison with a brute-force reference.
+// Unit tests of the matching engine: the rule, exploration, the decisions, reservations,
+// snapshots, and a randomized comparison with a brute-force reference.
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -118,8 +118,9 @@ static int agent(market *m, uint64_t id, bool avail, double score, const char *s
 	return agent_ps(m, id, avail, score, skills, since, seq, NULL, 0, t);
 }
 
-static int enqueue(market *m, const char *id, const char *prog, const char *skills, int prio,
-                   uint64_t arrived, const uint64_t *excl, size_t nexcl, market_time t)
+static int enqueue_share(market *m, const char *id, const char *prog, const char *skills, int prio,
+                         uint64_t arrived, const uint64_t *excl, size_t nexcl, double share,
+                         market_time t)
 {
 	strlist s;
 	split(&s, skills);
@@ -132,8 +133,15 @@ static int enqueue(market *m, const char *id, const char *prog, const char *skil
 	        .arrived_us = arrived,
 	        .excluded = excl,
 	        .nexcluded = nexcl,
+	        .explore_share = share,
 	};
 	return market_enqueue(m, &in, t);
+}
+
+static int enqueue(market *m, const char *id, const char *prog, const char *skills, int prio,
+                   uint64_t arrived, const uint64_t *excl, size_t nexcl, market_time t)
+{
+	return enqueue_share(m, id, prog, skills, prio, arrived, excl, nexcl, 0.0, t);
 }
 
 static const rec *last(const fixture *f)
@@ -723,6 +731,220 @@ static void test_score_change_reorders(void **state)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Exploration and the score basis
+
+// The rule written out again, independently of the engine: FNV-1a 64, then splitmix64.
+static uint64_t ref_explore_hash(const char *id)
+{
+	uint64_t h = 14695981039346656037ull;
+	for (size_t i = 0; id[i]; i++) {
+		h ^= (uint8_t)id[i];
+		h *= 1099511628211ull;
+	}
+	h += 0x9e3779b97f4a7c15ull;
+	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+	h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+	return h ^ (h >> 31);
+}
+
+static bool ref_exploratory(const char *id, double share)
+{
+	return ref_explore_hash(id) % 1000000 < (uint64_t)(share * 1000000 + 0.5);
+}
+
+static void test_explore_hash_rule(void **state)
+{
+	(void)state;
+	// Fixed values, computed outside C: a change of the rule would move calls between the
+	// exploration and auction groups of calls already recorded.
+	assert_true(market_explore_hash("") == 0xc3817c016ba4ff30ull);
+	assert_true(market_explore_hash("call-1") == 0xed406901f270e088ull);
+	assert_true(market_explore_hash("7f3c2a9e-1b4d-4c6e-9a0f-2d8e5b7c1a34") ==
+	            0xf5ae62e9e320f9a9ull);
+	assert_true(market_explore_hash("CA0123456789") == 0x51c525aacd742a31ull);
+	// "call-1": h % 1e6 = 770376.
+	assert_false(market_call_exploratory("call-1", 0.770376));
+	assert_true(market_call_exploratory("call-1", 0.770377));
+	char id[32];
+	for (int i = 0; i < 2000; i++) {
+		snprintf(id, sizeof id, "c-%d", i * 7919);
+		assert_true(market_explore_hash(id) == ref_explore_hash(id));
+		for (double share = 0.0; share <= 1.0; share += 0.125) {
+			bool x = market_call_exploratory(id, share);
+			assert_int_equal(x, ref_exploratory(id, share));
+			assert_int_equal(x, market_call_exploratory(id, share)); // deterministic
+		}
+		assert_false(market_call_exploratory(id, 0.0));
+		assert_false(market_call_exploratory(id, -1.0));
+		assert_false(market_call_exploratory(id, NAN));
+		assert_true(market_call_exploratory(id, 1.0));
+	}
+	// The share over 100,000 ids: within 5 standard deviations of n*p.
+	static const double shares[] = {0.01, 0.05, 0.2, 0.5, 0.9};
+	for (size_t k = 0; k < sizeof shares / sizeof *shares; k++) {
+		double p = shares[k];
+		int n = 100000, hits = 0;
+		for (int i = 0; i < n; i++) {
+			snprintf(id, sizeof id, "call-%d", i);
+			hits += market_call_exploratory(id, p);
+		}
+		double sd = sqrt(n * p * (1 - p));
+		print_message("share %.2f: %d of %d ids exploratory (expected %.0f +- %.0f)\n", p,
+		              hits, n, n * p, 5 * sd);
+		assert_true(fabs(hits - n * p) < 5 * sd);
+	}
+}
+
+static void test_exploration_picks_longest_available(void **state)
+{
+	fixture *f = *state;
+	agent(f->m, 1, true, 90, "en", 300, 1, T(1));
+	agent(f->m, 2, true, 50, "en", 100, 1, T(1));
+	agent(f->m, 3, true, 70, "en", 100, 1, T(1));
+	agent(f->m, 4, true, 10, "en", 200, 1, T(1));
+	agent(f->m, 5, true, 99, "fr", 1, 1, T(1)); // longest available, lacks the skill
+	// Share 1: every call explores. 2 and 3 tie on since: the lowest id.
+	assert_int_equal(enqueue_share(f->m, "x1", "p", "en", 0, 1, NULL, 0, 1.0, T(2)), 0);
+	const rec *x = last(f);
+	assert_string_equal(x->call, "x1");
+	assert_int_equal(x->agent, 2);
+	assert_true(x->d.exploratory);
+	assert_string_equal(x->d.reason, MARKET_REASON_EXPLORE);
+	assert_true(x->d.score == 50);
+	assert_int_equal(x->d.available_since_us, 100);
+	assert_int_equal(x->d.runner_up_id, 3); // next in the same order
+	assert_true(x->d.runner_up_score == 70);
+	assert_int_equal(x->d.eligible, 4);
+	assert_string_equal(x->d.score_basis, MARKET_BASIS_OVERALL);
+	assert_string_equal(x->d.runner_up_basis, MARKET_BASIS_OVERALL);
+	// Excluding 3: the next by since is 4 (200), not 1 (300) who has the best score.
+	uint64_t ex[] = {3};
+	assert_int_equal(enqueue_share(f->m, "x2", "p", "en", 0, 2, ex, 1, 1.0, T(3)), 0);
+	x = last(f);
+	assert_int_equal(x->agent, 4);
+	assert_int_equal(x->d.runner_up_id, 1);
+	assert_int_equal(x->d.eligible, 1 + 1); // 1 and 4
+	// Share 0: the rule as ever.
+	assert_int_equal(enqueue_share(f->m, "x3", "p", "en", 0, 3, NULL, 0, 0.0, T(4)), 0);
+	x = last(f);
+	assert_int_equal(x->agent, 1);
+	assert_false(x->d.exploratory);
+	assert_string_equal(x->d.reason, MARKET_REASON_SCORE);
+	assert_int_equal(x->d.runner_up_id, 3);
+	// Only one left and the call explores: still the exploration reason.
+	assert_int_equal(enqueue_share(f->m, "x4", "p", "en", 0, 4, NULL, 0, 1.0, T(5)), 0);
+	x = last(f);
+	assert_int_equal(x->agent, 3);
+	assert_true(x->d.exploratory);
+	assert_string_equal(x->d.reason, MARKET_REASON_EXPLORE);
+	assert_int_equal(x->d.runner_up_id, 0);
+	assert_string_equal(x->d.runner_up_basis, "");
+	assert_int_equal(market_check(f->m), 0);
+}
+
+static void test_waiting_exploratory_call_marked(void **state)
+{
+	fixture *f = *state;
+	assert_int_equal(enqueue_share(f->m, "ex", "p", "", 0, 1, NULL, 0, 1.0, T(1)), 0);
+	assert_int_equal(enqueue_share(f->m, "plain", "p", "", 0, 2, NULL, 0, 0.0, T(1)), 0);
+	assert_int_equal(f->r.n, 0);
+	// A freed agent takes the oldest waiting call, which explores: marked as such.
+	agent(f->m, 1, true, 80, "", 10, 1, T(2));
+	expect_match(f, 0, "ex", 1);
+	assert_true(f->r.v[0].d.exploratory);
+	assert_string_equal(f->r.v[0].d.reason, MARKET_REASON_EXPLORE);
+	agent(f->m, 2, true, 80, "", 10, 1, T(3));
+	expect_match(f, 1, "plain", 2);
+	assert_false(f->r.v[1].d.exploratory);
+	assert_string_equal(f->r.v[1].d.reason, MARKET_REASON_ONLY);
+	// A resent Match keeps its decision.
+	assert_int_equal(enqueue_share(f->m, "ex", "p", "", 0, 1, NULL, 0, 1.0, T(4)), 0);
+	assert_true(last(f)->resend);
+	assert_true(last(f)->d.exploratory);
+	// The share changed between Enqueues: the call is decided again with it.
+	uint64_t ex1[] = {1};
+	agent(f->m, 3, true, 10, "", 5, 1, T(5));
+	agent(f->m, 4, true, 90, "", 50, 1, T(5));
+	assert_int_equal(enqueue_share(f->m, "ex", "p", "", 0, 1, ex1, 1, 0.0, T(6)), 0);
+	assert_int_equal(last(f)->agent, 4);
+	assert_false(last(f)->d.exploratory);
+}
+
+static void test_score_basis(void **state)
+{
+	fixture *f = *state;
+	agent_ps(f->m, 1, true, 40, "", 10, 1, "sales", 95, T(1));
+	agent_ps(f->m, 2, true, 90, "", 10, 1, "support", 10, T(1));
+	agent(f->m, 3, true, 20, "", 10, 1, T(1));
+	enqueue(f->m, "s1", "sales", "", 0, 1, NULL, 0, T(2));
+	const rec *x = last(f);
+	assert_int_equal(x->agent, 1);
+	assert_true(x->d.score == 95);
+	assert_string_equal(x->d.score_basis, MARKET_BASIS_PROGRAM);
+	assert_int_equal(x->d.runner_up_id, 2);
+	assert_true(x->d.runner_up_score == 90);
+	assert_string_equal(x->d.runner_up_basis, MARKET_BASIS_OVERALL);
+	enqueue(f->m, "s2", "support", "", 0, 2, NULL, 0, T(3));
+	x = last(f);
+	assert_int_equal(x->agent, 3); // 2 scores 10 in support, below 3's overall 20
+	assert_string_equal(x->d.score_basis, MARKET_BASIS_OVERALL);
+	assert_int_equal(x->d.runner_up_id, 2);
+	assert_true(x->d.runner_up_score == 10);
+	assert_string_equal(x->d.runner_up_basis, MARKET_BASIS_PROGRAM);
+}
+
+// The longest-available index follows every change: a new available_since while indexed,
+// reservations, agents leaving, queues dropped and made again.
+static void test_since_index_in_step(void **state)
+{
+	(void)state;
+	recorder r = {0};
+	market *m;
+	market_opts o = {.queue_idle_us = 10};
+	assert_int_equal(market_new(&o, on_match, &r, &m), 0);
+	agent(m, 1, true, 10, "en", 100, 1, T(1));
+	agent(m, 2, true, 20, "en", 200, 1, T(1));
+	agent(m, 3, true, 30, "en,fr", 300, 1, T(1));
+	assert_int_equal(market_check(m), 0);
+	// 1 becomes available again later (a new available_since): 2 is now the longest.
+	agent(m, 1, true, 10, "en", 400, 2, T(2));
+	assert_int_equal(market_check(m), 0);
+	enqueue_share(m, "a", "p", "en", 0, 1, NULL, 0, 1.0, T(3));
+	assert_int_equal(r.v[r.n - 1].agent, 2);
+	assert_int_equal(market_check(m), 0);
+	// 2 is reserved: out of both trees. 3 (300) is next, then 1 (400).
+	enqueue_share(m, "b", "p", "en", 0, 2, NULL, 0, 1.0, T(4));
+	assert_int_equal(r.v[r.n - 1].agent, 3);
+	assert_int_equal(market_check(m), 0);
+	// Presence frees 2 with a new since; 1 goes away.
+	agent(m, 2, true, 20, "en", 500, 2, T(5));
+	agent(m, 1, false, 10, "en", 400, 3, T(5));
+	assert_int_equal(market_check(m), 0);
+	enqueue_share(m, "c", "p", "en", 0, 3, NULL, 0, 1.0, T(6));
+	assert_int_equal(r.v[r.n - 1].agent, 2);
+	market_dequeue(m, "a", 0, T(7));
+	market_dequeue(m, "b", 0, T(7));
+	market_dequeue(m, "c", 2, T(7));
+	assert_int_equal(market_check(m), 0);
+	// The queue is dropped when idle, and made again with the agents available then.
+	market_janitor_result jr;
+	market_janitor(m, T(100), &jr);
+	assert_int_equal(jr.queues_dropped, 1);
+	assert_int_equal(market_check(m), 0);
+	agent(m, 1, true, 10, "en", 50, 4, T(101));
+	enqueue_share(m, "d", "p", "en", 0, 4, NULL, 0, 1.0, T(102));
+	assert_int_equal(r.v[r.n - 1].agent, 1);
+	assert_int_equal(market_check(m), 0);
+	// A snapshot that leaves 2 out drops it from the indexes.
+	market_agent_info one = {.id = 1, .available = true, .score = 10, .state_seq = 9};
+	assert_int_equal(market_snapshot(m, 1, true, true, &one, 1, T(103), NULL), 0);
+	assert_int_equal(market_agent_get(m, 2, NULL), MARKET_AGENT_UNKNOWN);
+	assert_int_equal(market_check(m), 0);
+	market_free(m);
+	free(r.v);
+}
+
+// ---------------------------------------------------------------------------------------------
 // A brute-force reference: every decision recomputed with O(n) scans, compared one by one.
 
 #define O_AGENTS 24
@@ -751,6 +973,7 @@ typedef struct o_call {
 	uint64_t arrived;
 	uint64_t excl[8];
 	size_t nexcl;
+	double share; // exploration share of its last Enqueue
 	market_call_state st;
 	uint64_t agent;
 	market_decision d;
@@ -785,11 +1008,12 @@ static double o_score(const o_agent *a, int prog)
 	return a->has_ps[prog] ? a->ps[prog] : a->score;
 }
 
-// True when agent x ranks before agent y for prog.
-static bool o_agent_before(const oracle *o, uint64_t x, uint64_t y, int prog)
+// True when agent x ranks before agent y for prog: by the rule, or for an exploratory call by
+// how long each has been available only.
+static bool o_agent_before(const oracle *o, uint64_t x, uint64_t y, int prog, bool explore)
 {
 	double sx = o_score(&o->a[x], prog), sy = o_score(&o->a[y], prog);
-	if (sx != sy)
+	if (!explore && sx != sy)
 		return sx > sy;
 	if (o->a[x].since != o->a[y].since)
 		return o->a[x].since < o->a[y].since;
@@ -837,16 +1061,17 @@ static void o_match_all(oracle *o, market_time now)
 		if (best < 0)
 			return;
 		o_call *c = &o->c[best];
+		bool explore = ref_exploratory(c->id, c->share);
 		uint64_t w = 0, r = 0;
 		uint32_t n = 0;
 		for (uint64_t id = 1; id <= O_AGENTS; id++) {
 			if (!o_eligible(o, c, id))
 				continue;
 			n++;
-			if (!w || o_agent_before(o, id, w, c->prog)) {
+			if (!w || o_agent_before(o, id, w, c->prog, explore)) {
 				r = w;
 				w = id;
-			} else if (!r || o_agent_before(o, id, r, c->prog)) {
+			} else if (!r || o_agent_before(o, id, r, c->prog, explore)) {
 				r = id;
 			}
 		}
@@ -854,8 +1079,21 @@ static void o_match_all(oracle *o, market_time now)
 		                     .agent_id = w,
 		                     .score = o_score(&o->a[w], c->prog),
 		                     .eligible = n,
-		                     .available_since_us = o->a[w].since};
-		if (!r) {
+		                     .available_since_us = o->a[w].since,
+		                     .exploratory = explore,
+		                     .score_basis = o->a[w].has_ps[c->prog] ? MARKET_BASIS_PROGRAM
+		                                                            : MARKET_BASIS_OVERALL,
+		                     .runner_up_basis = ""};
+		if (r)
+			d.runner_up_basis = o->a[r].has_ps[c->prog] ? MARKET_BASIS_PROGRAM
+			                                            : MARKET_BASIS_OVERALL;
+		if (explore) {
+			d.reason = MARKET_REASON_EXPLORE;
+			if (r) {
+				d.runner_up_id = r;
+				d.runner_up_score = o_score(&o->a[r], c->prog);
+			}
+		} else if (!r) {
 			d.reason = MARKET_REASON_ONLY;
 		} else {
 			d.runner_up_id = r;
@@ -962,6 +1200,9 @@ static void compare(const recorder *got, const recorder *want)
 		assert_int_equal(g->d.eligible, w->d.eligible);
 		assert_string_equal(g->d.reason, w->d.reason);
 		assert_int_equal(g->d.available_since_us, w->d.available_since_us);
+		assert_int_equal(g->d.exploratory, w->d.exploratory);
+		assert_string_equal(g->d.score_basis, w->d.score_basis);
+		assert_string_equal(g->d.runner_up_basis, w->d.runner_up_basis);
 	}
 }
 
@@ -988,7 +1229,8 @@ static void check_states(market *m, const oracle *o)
 
 // What the randomized runs exercised, so that a run that stops reaching a path is noticed.
 typedef struct coverage {
-	size_t matches, resends, backstops, dropped, tie_since, tie_id, runner_ups;
+	size_t matches, resends, backstops, dropped, tie_since, tie_id, runner_ups, explored,
+	        program_basis;
 } coverage;
 
 static void run_random(unsigned seed, int steps, coverage *cov)
@@ -1022,7 +1264,8 @@ static void run_random(unsigned seed, int steps, coverage *cov)
 			// Enqueue: a new call, or a known one with new exclusions.
 			int i = rand() % O_CALLS;
 			o_call *c = &o->c[i];
-			if (!c->known) {
+			bool fresh = !c->known;
+			if (fresh) {
 				c->known = true;
 				c->prog = rand() % O_PROGS;
 				c->skills = (unsigned)rand() & (unsigned)rand() &
@@ -1031,6 +1274,11 @@ static void run_random(unsigned seed, int steps, coverage *cov)
 				c->arrived = (uint64_t)(rand() % 10);
 				c->st = MARKET_CALL_WAITING;
 			}
+			// Three calls in seven explore on some calls or all; the share may change
+			// between two Enqueues of one call.
+			static const double shares[] = {0, 0, 0, 0, 0.3, 0.7, 1};
+			if (fresh || rand() % 5 == 0)
+				c->share = shares[rand() % 7];
 			c->nexcl = (size_t)(rand() % 4);
 			for (size_t k = 0; k < c->nexcl; k++)
 				c->excl[k] = 1 + (uint64_t)(rand() % (O_AGENTS + 2));
@@ -1048,7 +1296,8 @@ static void run_random(unsigned seed, int steps, coverage *cov)
 			                       .priority = c->prio,
 			                       .arrived_us = c->arrived,
 			                       .excluded = c->excl,
-			                       .nexcluded = c->nexcl};
+			                       .nexcluded = c->nexcl,
+			                       .explore_share = c->share};
 			assert_int_equal(market_enqueue(m, &in, now), 0);
 			if (c->st == MARKET_CALL_MATCHED) {
 				o_agent *a = &o->a[c->agent];
@@ -1158,6 +1407,7 @@ static void run_random(unsigned seed, int steps, coverage *cov)
 		}
 		compare(&got, &o->expect);
 		check_states(m, o);
+		assert_int_equal(market_check(m), 0);
 		market_stats st;
 		market_get_stats(m, &st);
 		size_t waiting = 0, matched = 0;
@@ -1175,6 +1425,8 @@ static void run_random(unsigned seed, int steps, coverage *cov)
 		cov->runner_ups += x->d.runner_up_id != 0;
 		cov->tie_since += strcmp(x->d.reason, MARKET_REASON_SINCE) == 0;
 		cov->tie_id += strcmp(x->d.reason, MARKET_REASON_ID) == 0;
+		cov->explored += x->d.exploratory;
+		cov->program_basis += strcmp(x->d.score_basis, MARKET_BASIS_PROGRAM) == 0;
 	}
 	market_free(m);
 	free(got.v);
@@ -1188,11 +1440,11 @@ static void test_random_against_reference(void **state)
 	coverage cov = {0};
 	for (unsigned seed = 1; seed <= 60; seed++)
 		run_random(seed, 600, &cov);
-	print_message(
-	        "randomized: %zu matches, %zu resends, %zu with a runner-up, %zu ties on "
-	        "score, %zu ties on score and wait, %zu backstops, %zu dropped by snapshots\n",
-	        cov.matches, cov.resends, cov.runner_ups, cov.tie_since, cov.tie_id, cov.backstops,
-	        cov.dropped);
+	print_message("randomized: %zu matches, %zu resends, %zu with a runner-up, %zu ties on "
+	              "score, %zu ties on score and wait, %zu backstops, %zu dropped by "
+	              "snapshots, %zu exploratory, %zu on a program score\n",
+	              cov.matches, cov.resends, cov.runner_ups, cov.tie_since, cov.tie_id,
+	              cov.backstops, cov.dropped, cov.explored, cov.program_basis);
 	assert_true(cov.matches > 1000);
 	assert_true(cov.resends > 10);
 	assert_true(cov.runner_ups > 100);
@@ -1200,6 +1452,9 @@ static void test_random_against_reference(void **state)
 	assert_true(cov.tie_id > 10);
 	assert_true(cov.backstops > 10);
 	assert_true(cov.dropped > 10);
+	assert_true(cov.explored > 500);
+	assert_true(cov.matches - cov.explored > 500);
+	assert_true(cov.program_basis > 100);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1260,8 +1515,10 @@ static void test_hundred_thousand_agents(void **state)
 	assert_int_equal(st.agents, N);
 	assert_int_equal(st.calls_waiting, 0);
 	assert_int_equal(st.decisions, 5000);
-	// A stream of calls: each matched at once; every agent is freed again by presence.
+	// A stream of calls, a fifth exploratory: each matched at once; every agent is freed
+	// again by presence.
 	uint64_t seq = 2;
+	size_t explored = 0;
 	for (int i = 0; i < CALLS; i++) {
 		snprintf(id, sizeof id, "c%d", i);
 		char *cs[1] = {(char *)sk[i % 6]};
@@ -1273,11 +1530,13 @@ static void test_hundred_thousand_agents(void **state)
 		                       .priority = 0,
 		                       .arrived_us = (uint64_t)i,
 		                       .excluded = ex,
-		                       .nexcluded = 3};
+		                       .nexcluded = 3,
+		                       .explore_share = 0.2};
 		size_t before = r.n;
 		assert_int_equal(market_enqueue(m, &in, T(3 + (uint64_t)i)), 0);
 		assert_int_equal(r.n, before + 1);
 		uint64_t aid = r.v[r.n - 1].agent;
+		explored += r.v[r.n - 1].d.exploratory;
 		market_dequeue(m, id, 0, T(3 + (uint64_t)i));
 		// RESERVED, then ON_CALL at presence, later AVAILABLE again.
 		char *as[3] = {(char *)sk[aid % 4], (char *)sk[(aid / 4) % 4],
@@ -1295,8 +1554,10 @@ static void test_hundred_thousand_agents(void **state)
 		assert_int_equal(market_agent_update(m, &up, T(5 + (uint64_t)i)), 0);
 	}
 	market_get_stats(m, &st);
-	print_message("%zu agents in %zu queues, %" PRIu64 " decisions\n", st.agents, st.queues,
-	              st.decisions);
+	print_message("%zu agents in %zu queues, %" PRIu64 " decisions, %zu exploratory\n",
+	              st.agents, st.queues, st.decisions, explored);
+	assert_true(explored > CALLS / 5 - 600 && explored < CALLS / 5 + 600);
+	assert_int_equal(market_check(m), 0);
 	assert_int_equal(st.agents_available, N - 5000);
 	assert_int_equal(st.agents_reserved, 5000);
 	assert_int_equal(st.decisions, 5000 + CALLS);
@@ -1341,6 +1602,13 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_new_queue_indexes_available_agents, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(test_score_change_reorders, setup, teardown),
+	        cmocka_unit_test(test_explore_hash_rule),
+	        cmocka_unit_test_setup_teardown(test_exploration_picks_longest_available, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_waiting_exploratory_call_marked, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_score_basis, setup, teardown),
+	        cmocka_unit_test(test_since_index_in_step),
 	        cmocka_unit_test(test_random_against_reference),
 	        cmocka_unit_test(test_hundred_thousand_agents),
 	};

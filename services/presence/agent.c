@@ -1,5 +1,6 @@
 // Agents, sessions and the agent state machine (DESIGN §4): one transition function, timers as
 // deadlines in a tree, silent links found from a list ordered by when each was last heard.
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,14 @@ struct presence_agent {
 	char **skills;
 	size_t n_skills;
 	double score;
+
+	// From billing's scores: one allocation holding the n_ps messages, the pointers an
+	// AgentUpdate carries, and the program names; sorted by program.
+	Ringbid__ProgramScore *ps;
+	Ringbid__ProgramScore **ps_ptrs;
+	size_t n_ps;
+	uint64_t scores_gen;
+	bool scores_dirty; // changed during a full scores load: the auction hears at its end
 
 	// The state machine.
 	presence_state state;
@@ -105,6 +114,14 @@ struct presence_core {
 	uint64_t sync_gen;
 	uint64_t roster_gen;
 	bool bulk; // inside a full roster load: the auction gets one snapshot at the end
+	// A full scores load: agents not mentioned lose their program scores, and the agents that
+	// changed (dirty, by id) hear of it at the end.
+	bool scores_bulk;
+	uint64_t scores_gen;
+	uint64_t *dirty;
+	size_t n_dirty, dirty_cap;
+	size_t n_changed; // agents changed by this load (also those the list lost)
+	bool dirty_lost;  // the list could not grow: the end sends a snapshot
 	bool roster_loaded;
 	bool stopping; // offers are refused: presence is going away
 	const presence_agent *quiet;
@@ -188,6 +205,7 @@ static void agent_destroy(presence_core *c, presence_agent *a)
 		c->quiet = NULL;
 	free_skills(a);
 	free(a->secret_hash);
+	free(a->ps);
 	free(a);
 }
 
@@ -200,6 +218,7 @@ void presence_core_free(presence_core *c)
 	{
 		agent_destroy(c, a);
 	}
+	free(c->dirty);
 	free(c);
 }
 
@@ -402,6 +421,8 @@ static void fill_update(const presence_agent *a, Ringbid__AgentUpdate *u)
 	u->n_skills = a->n_skills;
 	u->skills = a->skills;
 	u->score = a->score;
+	u->n_program_scores = a->n_ps;
+	u->program_scores = a->ps_ptrs;
 	u->available_since_us = a->available_since_us;
 	u->state_seq = a->state_seq;
 }
@@ -1098,21 +1119,28 @@ int presence_core_snapshot(presence_core *c)
 	snap.snapshot_id = id;
 	snap.first = true;
 	snap.agents = ptrs;
-	size_t n = 0, sent = 0;
+	size_t n = 0, bytes = 0;
 	presence_agent *a, *tmp;
 	HASH_ITER(hh, c->by_id, a, tmp)
 	{
-		fill_update(a, &ups[n]);
-		ptrs[n] = &ups[n];
-		n++;
-		sent++;
-		if (n == PRESENCE_SNAPSHOT_CHUNK && sent < c->n_agents) {
+		Ringbid__AgentUpdate u;
+		fill_update(a, &u);
+		// Agents with many program scores make large entries: a chunk is closed by count or
+		// by size, whichever comes first, so that no chunk nears the link's limit.
+		size_t size = ringbid__agent_update__get_packed_size(&u) + 8;
+		if (n > 0 &&
+		    (n == PRESENCE_SNAPSHOT_CHUNK || bytes + size > PRESENCE_SNAPSHOT_BYTES)) {
 			snap.n_agents = n;
 			snap.last = false;
 			c->ops.auction(c->ops.arg, &e);
 			snap.first = false;
 			n = 0;
+			bytes = 0;
 		}
+		ups[n] = u;
+		ptrs[n] = &ups[n];
+		n++;
+		bytes += size;
 	}
 	snap.n_agents = n;
 	snap.last = true;
@@ -1237,6 +1265,198 @@ void presence_core_roster_end(presence_core *c)
 	c->bulk = false;
 	c->roster_loaded = true;
 	presence_core_snapshot(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scores
+
+const Ringbid__ProgramScore *const *presence_agent_program_scores(const presence_agent *a,
+                                                                  size_t *n)
+{
+	*n = a->n_ps;
+	return (const Ringbid__ProgramScore *const *)a->ps_ptrs;
+}
+
+double presence_agent_score(const presence_agent *a)
+{
+	return a->score;
+}
+
+void presence_core_scores_begin(presence_core *c)
+{
+	c->scores_gen++;
+	c->scores_bulk = true;
+	c->n_dirty = 0;
+	c->n_changed = 0;
+	c->dirty_lost = false;
+}
+
+static bool score_valid(double s)
+{
+	return isfinite(s) && s >= 0 && s <= 100;
+}
+
+static int pps_cmp(const void *x, const void *y)
+{
+	return strcmp(((const presence_program_score *)x)->program,
+	              ((const presence_program_score *)y)->program);
+}
+
+// Builds the sorted block of program scores (see presence_agent.ps) from n checked entries.
+// *out is NULL when n is 0. Returns 0, RB_EINVAL (a program named twice) or RB_ENOMEM.
+static int ps_block(const presence_program_score *in, size_t n, Ringbid__ProgramScore **out)
+{
+	*out = NULL;
+	if (n == 0)
+		return 0;
+	presence_program_score sorted[PRESENCE_MAX_PROGRAM_SCORES];
+	memcpy(sorted, in, n * sizeof(*sorted));
+	qsort(sorted, n, sizeof(*sorted), pps_cmp);
+	size_t bytes = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0 && strcmp(sorted[i - 1].program, sorted[i].program) == 0)
+			return RB_EINVAL;
+		bytes += strlen(sorted[i].program) + 1;
+	}
+	Ringbid__ProgramScore *v =
+	        malloc(n * (sizeof(*v) + sizeof(Ringbid__ProgramScore *)) + bytes);
+	if (v == NULL)
+		return RB_ENOMEM;
+	Ringbid__ProgramScore **ptrs = (Ringbid__ProgramScore **)(v + n);
+	char *p = (char *)(ptrs + n);
+	for (size_t i = 0; i < n; i++) {
+		size_t len = strlen(sorted[i].program) + 1;
+		memcpy(p, sorted[i].program, len);
+		ringbid__program_score__init(&v[i]);
+		v[i].program = p;
+		v[i].score = sorted[i].score;
+		ptrs[i] = &v[i];
+		p += len;
+	}
+	*out = v;
+	return 0;
+}
+
+static bool ps_same(const Ringbid__ProgramScore *x, size_t nx, const Ringbid__ProgramScore *y,
+                    size_t ny)
+{
+	if (nx != ny)
+		return false;
+	for (size_t i = 0; i < nx; i++)
+		if (x[i].score != y[i].score || strcmp(x[i].program, y[i].program) != 0)
+			return false;
+	return true;
+}
+
+static void ps_swap(presence_agent *a, Ringbid__ProgramScore *v, size_t n)
+{
+	free(a->ps);
+	a->ps = v;
+	a->ps_ptrs = n > 0 ? (Ringbid__ProgramScore **)(v + n) : NULL;
+	a->n_ps = n;
+}
+
+// The agent's scores changed: the auction hears now, or at the end of a full load.
+static void scores_changed(presence_core *c, presence_agent *a)
+{
+	if (!c->scores_bulk) {
+		send_update(c, a);
+		return;
+	}
+	if (a->scores_dirty)
+		return;
+	a->scores_dirty = true;
+	c->n_changed++;
+	if (c->n_dirty == c->dirty_cap) {
+		size_t cap = c->dirty_cap ? c->dirty_cap * 2 : 256;
+		uint64_t *v = realloc(c->dirty, cap * sizeof(*v));
+		if (v == NULL) {
+			c->dirty_lost = true;
+			return;
+		}
+		c->dirty = v;
+		c->dirty_cap = cap;
+	}
+	c->dirty[c->n_dirty++] = a->id;
+}
+
+int presence_core_scores_set(presence_core *c, uint64_t id, bool has_score, double score,
+                             const presence_program_score *ps, size_t n)
+{
+	if (id == 0 || (has_score && !score_valid(score)) || n > PRESENCE_MAX_PROGRAM_SCORES ||
+	    (n > 0 && ps == NULL))
+		return RB_EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (ps[i].program == NULL || !rb_valid_id(ps[i].program, PRESENCE_ID_MAX) ||
+		    !score_valid(ps[i].score))
+			return RB_EINVAL;
+	presence_agent *a = presence_core_find(c, id);
+	if (a == NULL)
+		return RB_ENOTFOUND;
+	Ringbid__ProgramScore *v;
+	int rv = ps_block(ps, n, &v);
+	if (rv != 0)
+		return rv;
+	a->scores_gen = c->scores_gen;
+	bool changed = (has_score && score != a->score) || !ps_same(a->ps, a->n_ps, v, n);
+	if (!changed) {
+		free(v);
+		return 0;
+	}
+	ps_swap(a, v, n);
+	if (has_score)
+		a->score = score;
+	scores_changed(c, a);
+	return 0;
+}
+
+void presence_core_scores_end(presence_core *c, size_t *changed)
+{
+	if (!c->scores_bulk) {
+		if (changed != NULL)
+			*changed = 0;
+		return;
+	}
+	presence_agent *a, *tmp;
+	HASH_ITER(hh, c->by_id, a, tmp)
+	{
+		// Not in this load: billing has no program scores for it (any more).
+		if (a->scores_gen != c->scores_gen && a->n_ps > 0) {
+			ps_swap(a, NULL, 0);
+			scores_changed(c, a);
+		}
+	}
+	c->scores_bulk = false;
+	size_t n = c->n_dirty;
+	if (c->dirty_lost || n > PRESENCE_SNAPSHOT_CHUNK) {
+		HASH_ITER(hh, c->by_id, a, tmp)
+		{
+			a->scores_dirty = false;
+		}
+		if (presence_core_snapshot(c) != 0) {
+			// No memory for a snapshot: each changed agent known on its own instead;
+			// the next snapshot (the auction asks for one when its link comes back) or
+			// load brings the rest.
+			rb_logf(RB_LOG_WARN, NULL, 0,
+			        "scores: no memory for a snapshot: %zu of %zu changed agents sent",
+			        n, c->n_changed);
+			for (size_t i = 0; i < n; i++)
+				if ((a = presence_core_find(c, c->dirty[i])) != NULL)
+					send_update(c, a);
+		}
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			if ((a = presence_core_find(c, c->dirty[i])) != NULL) {
+				a->scores_dirty = false;
+				send_update(c, a);
+			}
+		}
+	}
+	if (changed != NULL)
+		*changed = c->n_changed;
+	c->n_dirty = 0;
+	c->n_changed = 0;
+	c->dirty_lost = false;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,11 @@
 #define PRESENCE_CALLER_MAX     128 // a masked caller number shown to the agent
 #define PRESENCE_MAX_SKILLS     32  // skills per agent forwarded to the auction
 #define PRESENCE_SNAPSHOT_CHUNK 1000
+#define PRESENCE_SNAPSHOT_BYTES (1024 * 1024) // a chunk stays well under the 4 MiB link limit
 #define PRESENCE_REASON_MAX     96
+// Program scores per agent: the auction refuses an AgentUpdate with more (its
+// MARKET_MAX_PROGRAM_SCORES).
+#define PRESENCE_MAX_PROGRAM_SCORES 256
 
 // Numerically equal to Ringbid__AgentState, so a state goes on the wire as is.
 typedef enum {
@@ -74,6 +78,12 @@ typedef struct presence_roster_row {
 	size_t n_skills;
 	double score;
 } presence_roster_row;
+
+// One agent's score in one program, from billing.presence_scores.
+typedef struct presence_program_score {
+	const char *program; // rb_valid_id, at most PRESENCE_ID_MAX
+	double score;        // finite, 0..100
+} presence_program_score;
 
 typedef struct presence_core presence_core;
 typedef struct presence_agent presence_agent;
@@ -140,6 +150,34 @@ void presence_core_roster_end(presence_core *c);
 // True once a full load has completed.
 bool presence_core_roster_loaded(const presence_core *c);
 
+// ---- scores (roster.c reads billing.presence_scores and feeds these)
+//
+// The roster gives each agent its overall score; billing's recompute also gives program
+// scores, which only this path sets. An 'agent:<id>' reload (presence_core_roster_upsert)
+// keeps them.
+
+// A full load of the scores brackets its agents with begin/end: agents it does not mention lose
+// their program scores, and the auction hears of every change once, at the end.
+void presence_core_scores_begin(presence_core *c);
+// Sets one agent's scores: its overall score (when has_score) and its program scores, which
+// replace the ones it had (programs in any order). Everything is checked before anything
+// changes: programs valid identifiers and distinct, scores finite within 0..100, at most
+// PRESENCE_MAX_PROGRAM_SCORES. An agent whose scores differ from what it had gets an
+// AgentUpdate to the auction (at the end of a full load). Nothing of ps is kept. Returns 0,
+// RB_EINVAL (nothing changed), RB_ENOTFOUND (no such agent: the roster has not loaded it yet;
+// nothing changed) or RB_ENOMEM (nothing changed).
+int presence_core_scores_set(presence_core *c, uint64_t id, bool has_score, double score,
+                             const presence_program_score *ps, size_t n);
+// Ends a full load. When more agents changed than one snapshot chunk holds, the auction gets
+// one AgentSnapshot instead of one AgentUpdate each (cheaper on both sides, same result).
+// *changed (may be NULL) gets the number of agents whose scores changed.
+void presence_core_scores_end(presence_core *c, size_t *changed);
+// The agent's program scores (sorted by program) and how many. Valid until the next call into
+// the core.
+const Ringbid__ProgramScore *const *presence_agent_program_scores(const presence_agent *a,
+                                                                  size_t *n);
+double presence_agent_score(const presence_agent *a);
+
 // ---- the agent's client (the clients link validates fields before calling these)
 
 // While a request of agent a is handled, its status changes are not pushed as events: the
@@ -189,8 +227,9 @@ uint32_t presence_core_stop(presence_core *c);
 
 // ---- the auction
 
-// Sends every agent as an AgentSnapshot in chunks of PRESENCE_SNAPSHOT_CHUNK. Returns 0 or
-// RB_ENOMEM (nothing sent).
+// Sends every agent, with its program scores, as an AgentSnapshot in chunks of at most
+// PRESENCE_SNAPSHOT_CHUNK agents and about PRESENCE_SNAPSHOT_BYTES. Returns 0 or RB_ENOMEM
+// (nothing sent).
 int presence_core_snapshot(presence_core *c);
 
 // ---- time

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,9 @@ typedef struct amsg {
 	uint64_t snapshot_id;
 	bool first, last;
 	size_t n_agents;
+	size_t n_ps;   // program scores: of the update, or of every agent in the chunk
+	char ps0[72];  // an update's first program score: "program=score"
+	size_t packed; // bytes of the snapshot chunk
 } amsg;
 
 typedef struct fx {
@@ -149,13 +153,21 @@ static void op_auction(void *arg, const Ringbid__Envelope *e)
 		x->since = e->agent->available_since_us;
 		x->score = e->agent->score;
 		x->n_skills = e->agent->n_skills;
+		x->n_ps = e->agent->n_program_scores;
+		if (x->n_ps > 0)
+			snprintf(x->ps0, sizeof(x->ps0), "%s=%g",
+			         e->agent->program_scores[0]->program,
+			         e->agent->program_scores[0]->score);
 	} else if (e->body_case == RINGBID__ENVELOPE__BODY_SNAPSHOT) {
 		x->snapshot_id = e->snapshot->snapshot_id;
 		x->first = e->snapshot->first;
 		x->last = e->snapshot->last;
 		x->n_agents = e->snapshot->n_agents;
-		for (size_t i = 0; i < e->snapshot->n_agents; i++)
+		x->packed = protobuf_c_message_get_packed_size(&e->snapshot->base);
+		for (size_t i = 0; i < e->snapshot->n_agents; i++) {
 			assert_true(e->snapshot->agents[i]->agent_id != 0);
+			x->n_ps += e->snapshot->agents[i]->n_program_scores;
+		}
 	} else {
 		fail_msg("unexpected auction message %d", e->body_case);
 	}
@@ -1295,6 +1307,244 @@ static void test_bulk_load_and_snapshot(void **state)
 	fx_free(f);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Scores from billing
+
+static size_t count_updates(const fx *f)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < f->nam; i++)
+		n += f->am[i].body == RINGBID__ENVELOPE__BODY_AGENT;
+	return n;
+}
+
+static void test_scores_change_detection(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	add_agent(f, 2, 60);
+	clear(f);
+	// The same overall score and no program scores: nothing to say.
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, NULL, 0), 0);
+	assert_int_equal(f->nam, 0);
+	// A program score appears: one AgentUpdate with everything the auction needs.
+	presence_program_score one[] = {{"sales", 80}};
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, one, 1), 0);
+	assert_int_equal(f->nam, 1);
+	assert_int_equal(f->am[0].agent_id, 1);
+	assert_true(f->am[0].available);
+	assert_true(f->am[0].score == 50);
+	assert_int_equal(f->am[0].n_ps, 1);
+	assert_string_equal(f->am[0].ps0, "sales=80");
+	// Two programs, then the same two in another order: the second is no change.
+	presence_program_score two[] = {{"support", 70}, {"sales", 80}};
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, two, 2), 0);
+	assert_int_equal(f->nam, 2);
+	assert_int_equal(f->am[1].n_ps, 2);
+	assert_string_equal(f->am[1].ps0, "sales=80"); // sorted by program
+	presence_program_score swapped[] = {{"sales", 80}, {"support", 70}};
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, swapped, 2), 0);
+	assert_int_equal(f->nam, 2);
+	// One program score moves by a hundredth: a change.
+	swapped[1].score = 70.01;
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, swapped, 2), 0);
+	assert_int_equal(f->nam, 3);
+	// Only the overall score moves: a change; no overall score given: kept.
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 55.5, swapped, 2), 0);
+	assert_int_equal(f->nam, 4);
+	assert_true(f->am[3].score == 55.5);
+	assert_int_equal(presence_core_scores_set(f->c, 1, false, 0, swapped, 2), 0);
+	assert_int_equal(f->nam, 4);
+	assert_true(presence_agent_score(a) == 55.5);
+
+	// Bad input changes nothing and says nothing.
+	presence_program_score dup[] = {{"sales", 1}, {"sales", 2}};
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, dup, 2), RB_EINVAL);
+	presence_program_score bad_name[] = {{"sa les", 1}};
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, bad_name, 1), RB_EINVAL);
+	presence_program_score empty_name[] = {{"", 1}};
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, empty_name, 1), RB_EINVAL);
+	presence_program_score high[] = {{"sales", 100.01}};
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, high, 1), RB_EINVAL);
+	presence_program_score nan[] = {{"sales", NAN}};
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, nan, 1), RB_EINVAL);
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, -1, NULL, 0), RB_EINVAL);
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, INFINITY, NULL, 0), RB_EINVAL);
+	presence_program_score *many = calloc(PRESENCE_MAX_PROGRAM_SCORES + 1, sizeof(*many));
+	char(*names)[16] = calloc(PRESENCE_MAX_PROGRAM_SCORES + 1, sizeof(*names));
+	assert_non_null(many);
+	assert_non_null(names);
+	for (size_t i = 0; i <= PRESENCE_MAX_PROGRAM_SCORES; i++) {
+		snprintf(names[i], sizeof(names[i]), "p%zu", i);
+		many[i] = (presence_program_score){names[i], (double)(i % 101)};
+	}
+	assert_int_equal(
+	        presence_core_scores_set(f->c, 1, true, 50, many, PRESENCE_MAX_PROGRAM_SCORES + 1),
+	        RB_EINVAL);
+	assert_int_equal(presence_core_scores_set(f->c, 0, true, 50, NULL, 0), RB_EINVAL);
+	assert_int_equal(presence_core_scores_set(f->c, 99, true, 50, NULL, 0), RB_ENOTFOUND);
+	assert_int_equal(f->nam, 4);
+	size_t n;
+	const Ringbid__ProgramScore *const *ps = presence_agent_program_scores(a, &n);
+	assert_int_equal(n, 2);
+	assert_string_equal(ps[0]->program, "sales");
+	assert_string_equal(ps[1]->program, "support");
+	assert_true(ps[1]->score == 70.01);
+	// The auction's limit itself is fine.
+	assert_int_equal(
+	        presence_core_scores_set(f->c, 2, true, 60, many, PRESENCE_MAX_PROGRAM_SCORES), 0);
+	assert_int_equal(f->nam, 5);
+	assert_int_equal(f->am[4].n_ps, PRESENCE_MAX_PROGRAM_SCORES);
+	free(many);
+	free(names);
+
+	// An 'agent:<id>' reload with a new overall score keeps the program scores.
+	char *skills[] = {"sales", "es"};
+	presence_roster_row row = {
+	        .id = 1, .secret_hash = "h", .skills = skills, .n_skills = 2, .score = 61};
+	clear(f);
+	assert_int_equal(presence_core_roster_upsert(f->c, &row), 0);
+	assert_int_equal(f->nam, 1);
+	assert_true(f->am[0].score == 61);
+	assert_int_equal(f->am[0].n_ps, 2);
+	ps = presence_agent_program_scores(a, &n);
+	assert_int_equal(n, 2);
+	// State changes carry them too, and so do snapshots.
+	clear(f);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), 0);
+	assert_int_equal(last_update(f, 1)->n_ps, 2);
+	clear(f);
+	assert_int_equal(presence_core_snapshot(f->c), 0);
+	assert_int_equal(f->nam, 1);
+	assert_int_equal(f->am[0].n_ps, 2 + PRESENCE_MAX_PROGRAM_SCORES);
+	fx_free(f);
+}
+
+static void test_scores_full_load(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	for (uint64_t id = 1; id <= 5; id++)
+		add_agent(f, id, 50);
+	presence_program_score sales[] = {{"sales", 80}};
+	presence_program_score support[] = {{"support", 40}};
+	assert_int_equal(presence_core_scores_set(f->c, 2, true, 50, sales, 1), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 3, true, 50, support, 1), 0);
+	clear(f);
+	// A load: 1 gains a program score, 2 is unchanged, 3 is not mentioned (its program score
+	// is gone: too few calls now, or pinned), 4 gets a new overall score, 5 is unchanged.
+	presence_core_scores_begin(f->c);
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, support, 1), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 2, true, 50, sales, 1), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 4, true, 72.25, NULL, 0), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 5, true, 50, NULL, 0), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 77, true, 50, NULL, 0), RB_ENOTFOUND);
+	assert_int_equal(f->nam, 0); // nothing before the end
+	size_t changed = 99;
+	presence_core_scores_end(f->c, &changed);
+	assert_int_equal(changed, 3);
+	assert_int_equal(f->nam, 3);
+	assert_int_equal(count_updates(f), 3);
+	assert_string_equal(last_update(f, 1)->ps0, "support=40");
+	assert_int_equal(last_update(f, 3)->n_ps, 0);
+	assert_true(last_update(f, 4)->score == 72.25);
+	assert_null(last_update(f, 2));
+	assert_null(last_update(f, 5));
+	size_t n;
+	presence_agent_program_scores(presence_core_find(f->c, 3), &n);
+	assert_int_equal(n, 0);
+	// The same load again: nothing changes, nothing is sent.
+	clear(f);
+	presence_core_scores_begin(f->c);
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 50, support, 1), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 2, true, 50, sales, 1), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 4, true, 72.25, NULL, 0), 0);
+	presence_core_scores_end(f->c, &changed);
+	assert_int_equal(changed, 0);
+	assert_int_equal(f->nam, 0);
+	// An agent set twice in one load is sent once.
+	presence_core_scores_begin(f->c);
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 10, support, 1), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 1, true, 20, support, 1), 0);
+	assert_int_equal(presence_core_scores_set(f->c, 2, true, 50, sales, 1), 0);
+	presence_core_scores_end(f->c, &changed);
+	assert_int_equal(changed, 1);
+	assert_int_equal(f->nam, 1);
+	assert_true(f->am[0].score == 20);
+	fx_free(f);
+
+	// A recompute that changes more agents than a snapshot chunk holds: one snapshot.
+	f = fx_new(2);
+	for (uint64_t id = 1; id <= 2500; id++)
+		add_agent(f, id, 50);
+	clear(f);
+	presence_core_scores_begin(f->c);
+	for (uint64_t id = 1; id <= 2500; id++)
+		assert_int_equal(
+		        presence_core_scores_set(f->c, id, true, (double)(id % 100), sales, id % 2),
+		        0);
+	presence_core_scores_end(f->c, &changed);
+	assert_int_equal(changed, 2500 - 25); // id % 100 == 50 with no program score: unchanged
+	assert_int_equal(count_updates(f), 0);
+	size_t agents = 0, pscores = 0;
+	for (size_t i = 0; i < f->nam; i++) {
+		assert_int_equal(f->am[i].body, RINGBID__ENVELOPE__BODY_SNAPSHOT);
+		assert_int_equal(f->am[i].first, i == 0);
+		assert_int_equal(f->am[i].last, i == f->nam - 1);
+		agents += f->am[i].n_agents;
+		pscores += f->am[i].n_ps;
+	}
+	assert_int_equal(agents, 2500);
+	assert_int_equal(pscores, 1250);
+	// The next small load goes back to single updates.
+	clear(f);
+	presence_core_scores_begin(f->c);
+	assert_int_equal(presence_core_scores_set(f->c, 7, true, 99, NULL, 0), 0);
+	presence_core_scores_end(f->c, &changed);
+	// 7 was only in this load: the other agents lost their program scores.
+	assert_int_equal(changed, 1 + 1250 - 1);
+	fx_free(f);
+}
+
+static void test_snapshot_chunks_by_size(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	enum {
+		AGENTS = 300
+	};
+	presence_program_score *ps = calloc(PRESENCE_MAX_PROGRAM_SCORES, sizeof(*ps));
+	char(*names)[PRESENCE_ID_MAX + 1] = calloc(PRESENCE_MAX_PROGRAM_SCORES, sizeof(*names));
+	assert_non_null(ps);
+	assert_non_null(names);
+	for (size_t i = 0; i < PRESENCE_MAX_PROGRAM_SCORES; i++) {
+		snprintf(names[i], sizeof(names[i]), "%060zu", i); // long program names
+		ps[i] = (presence_program_score){names[i], 12.34};
+	}
+	for (uint64_t id = 1; id <= AGENTS; id++) {
+		add_agent(f, id, 50);
+		assert_int_equal(presence_core_scores_set(f->c, id, true, 50, ps,
+		                                          PRESENCE_MAX_PROGRAM_SCORES),
+		                 0);
+	}
+	clear(f);
+	assert_int_equal(presence_core_snapshot(f->c), 0);
+	// About 19 KB per agent: several chunks, each under the byte budget.
+	size_t agents = 0;
+	assert_true(f->nam > 3);
+	for (size_t i = 0; i < f->nam; i++) {
+		assert_true(f->am[i].packed <= PRESENCE_SNAPSHOT_BYTES);
+		assert_true(f->am[i].n_agents > 0);
+		assert_int_equal(f->am[i].n_ps, f->am[i].n_agents * PRESENCE_MAX_PROGRAM_SCORES);
+		agents += f->am[i].n_agents;
+	}
+	assert_int_equal(agents, AGENTS);
+	free(ps);
+	free(names);
+	fx_free(f);
+}
+
 static void test_stop(void **state)
 {
 	(void)state;
@@ -1393,6 +1643,9 @@ int main(void)
 	        cmocka_unit_test(test_sync_resends_hangup),
 	        cmocka_unit_test(test_roster_changes),
 	        cmocka_unit_test(test_bulk_load_and_snapshot),
+	        cmocka_unit_test(test_scores_change_detection),
+	        cmocka_unit_test(test_scores_full_load),
+	        cmocka_unit_test(test_snapshot_chunks_by_size),
 	        cmocka_unit_test(test_stop),
 	        cmocka_unit_test(test_many_agents),
 	};

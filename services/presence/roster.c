@@ -1,5 +1,6 @@
 // The agent roster from PostgreSQL: a full load at start and after every reconnect, one row
-// reloaded on each 'agent:<id>' notification.
+// reloaded on each 'agent:<id>' notification, and billing's scores loaded after each full
+// load and on each 'scores' notification.
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -17,6 +18,11 @@
 
 #define ROSTER_CHANNEL "ringbid_roster"
 #define SELECT_AGENTS  "SELECT id, name, status, secret_hash, skills, score FROM roster.agents"
+// One row per agent with program '' (its overall score) and one per program score; ordered so
+// that each agent's rows are adjacent.
+#define SELECT_SCORES                                                                              \
+	"SELECT agent_id, program, score FROM billing.presence_scores ORDER BY agent_id, program"
+#define SCORES_PAYLOAD "scores"
 #define RETRY_MIN_MS   1000
 #define RETRY_MAX_MS   30000
 
@@ -27,6 +33,9 @@ struct presence_roster {
 	uv_timer_t retry;
 	uint64_t retry_ms;
 	bool load_inflight;
+	bool scores_inflight;
+	bool scores_again;   // a 'scores' notification came during a load: load once more after it
+	bool scores_missing; // the view is not there (logged once until it appears)
 	void (*changed)(void *arg);
 	void *changed_arg;
 };
@@ -191,6 +200,19 @@ static int parse_u64(const char *s, uint64_t *out)
 	return 0;
 }
 
+int presence_parse_score(const char *text, double *out)
+{
+	if (text == NULL || *text == '\0')
+		return RB_EINVAL;
+	char *end = NULL;
+	errno = 0;
+	double v = strtod(text, &end);
+	if (errno != 0 || end == text || *end != '\0' || !isfinite(v) || v < 0 || v > 100)
+		return RB_EINVAL;
+	*out = v;
+	return 0;
+}
+
 int presence_parse_agent_payload(const char *payload, uint64_t *id)
 {
 	static const char prefix[] = "agent:";
@@ -243,10 +265,9 @@ static int apply_row(presence_roster *r, const PGresult *res, int i)
 		raw[n++] = raw[k];
 	}
 
-	char *end = NULL;
 	const char *score_text = PQgetvalue(res, i, 5);
-	double score = strtod(score_text, &end);
-	if (end == score_text || *end != '\0' || !isfinite(score) || score < 0 || score > 100) {
+	double score;
+	if (presence_parse_score(score_text, &score) != 0) {
 		rb_logf(RB_LOG_WARN, NULL, id, "roster: score '%s' not valid: using 0", score_text);
 		score = 0;
 	}
@@ -267,6 +288,7 @@ static int apply_row(presence_roster *r, const PGresult *res, int i)
 // Queries
 
 static void issue_load(presence_roster *r);
+static void issue_scores(presence_roster *r);
 
 static void retry_cb(uv_timer_t *t)
 {
@@ -306,6 +328,8 @@ static void load_done(rb_db *db, int err, const PGresult *res, const char *sqlst
 	        skipped ? " (some rows skipped)" : "");
 	if (r->changed != NULL)
 		r->changed(r->changed_arg);
+	// The roster carries only overall scores: program scores come from billing's view.
+	issue_scores(r);
 }
 
 static void issue_load(presence_roster *r)
@@ -351,11 +375,140 @@ static void reload_done(rb_db *db, int err, const PGresult *res, const char *sql
 		r->changed(r->changed_arg);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Scores
+
+// Applies one agent's rows [from, to) of the scores result. Returns what
+// presence_core_scores_set returned (RB_EINVAL when no row of the agent was usable).
+static int apply_scores(presence_roster *r, const PGresult *res, int from, int to, uint64_t id)
+{
+	presence_program_score ps[PRESENCE_MAX_PROGRAM_SCORES];
+	size_t n = 0;
+	bool has_score = false;
+	double overall = 0;
+	for (int i = from; i < to; i++) {
+		const char *program = PQgetvalue(res, i, 1);
+		double score;
+		if (PQgetisnull(res, i, 2) ||
+		    presence_parse_score(PQgetvalue(res, i, 2), &score) != 0) {
+			rb_logf(RB_LOG_WARN, NULL, id,
+			        "scores: score '%.32s' for program '%.64s' "
+			        "not valid: ignored",
+			        PQgetvalue(res, i, 2), program);
+			continue;
+		}
+		if (program[0] == '\0') {
+			has_score = true;
+			overall = score;
+			continue;
+		}
+		if (!rb_valid_id(program, PRESENCE_ID_MAX)) {
+			rb_logf(RB_LOG_WARN, NULL, id, "scores: program '%.64s' not valid: ignored",
+			        program);
+			continue;
+		}
+		if (n == PRESENCE_MAX_PROGRAM_SCORES) {
+			rb_logf(RB_LOG_WARN, NULL, id,
+			        "scores: more than %d program scores: '%s' and later ignored",
+			        PRESENCE_MAX_PROGRAM_SCORES, program);
+			break;
+		}
+		ps[n++] = (presence_program_score){program, score};
+	}
+	if (!has_score && n == 0 && to > from)
+		return RB_EINVAL;
+	return presence_core_scores_set(r->core, id, has_score, overall, ps, n);
+}
+
+static void scores_done(rb_db *db, int err, const PGresult *res, const char *sqlstate, void *arg)
+{
+	(void)db;
+	if (err == RB_ECLOSED)
+		return; // the roster is closing: it may be gone already
+	presence_roster *r = arg;
+	r->scores_inflight = false;
+	if (err != 0) {
+		// 42P01: the view does not exist; 3F000: nor its schema. Billing's migration adds
+		// it; until then agents keep the roster's overall score, and the load is tried
+		// again on the next 'scores' notification or reconnect.
+		if (strcmp(sqlstate, "42P01") == 0 || strcmp(sqlstate, "3F000") == 0) {
+			if (!r->scores_missing)
+				rb_warn("scores: billing.presence_scores does not exist yet: "
+				        "agents "
+				        "keep their roster scores");
+			r->scores_missing = true;
+		} else {
+			rb_error("scores: loading failed (%s): %s", sqlstate[0] ? sqlstate : "?",
+			         res != NULL ? PQresultErrorMessage(res) : rb_err_str(err));
+			// A full load catches up, and loads the scores again after it.
+			retry_later(r);
+		}
+		r->scores_again = false;
+		return;
+	}
+	r->scores_missing = false;
+	int rows = PQntuples(res), agents = 0, skipped = 0, unknown = 0;
+	presence_core_scores_begin(r->core);
+	for (int i = 0; i < rows;) {
+		uint64_t id;
+		int j = i + 1;
+		if (parse_u64(PQgetvalue(res, i, 0), &id) != 0 || id == 0) {
+			rb_warn("scores: agent id '%.32s' not valid: row skipped",
+			        PQgetvalue(res, i, 0));
+			skipped++;
+			i = j;
+			continue;
+		}
+		while (j < rows && strcmp(PQgetvalue(res, j, 0), PQgetvalue(res, i, 0)) == 0)
+			j++;
+		int rv = apply_scores(r, res, i, j, id);
+		if (rv == 0)
+			agents++;
+		else if (rv == RB_ENOTFOUND)
+			unknown++; // not in the roster yet: its 'agent:<id>' reload comes first
+		else
+			skipped++;
+		if (rv == RB_EINVAL)
+			rb_logf(RB_LOG_WARN, NULL, id,
+			        "scores: no valid row: overall score kept, program scores dropped");
+		i = j;
+	}
+	size_t changed = 0;
+	presence_core_scores_end(r->core, &changed);
+	rb_info("scores: %d agents loaded, %zu changed%s%s", agents, changed,
+	        unknown ? ", some not in the roster" : "", skipped ? ", some skipped" : "");
+	if (r->scores_again) {
+		r->scores_again = false;
+		issue_scores(r);
+	}
+}
+
+static void issue_scores(presence_roster *r)
+{
+	if (r->scores_inflight) {
+		r->scores_again = true;
+		return;
+	}
+	int rv = rb_db_query(r->db, SELECT_SCORES, 0, NULL, scores_done, r);
+	if (rv != 0) {
+		rb_error("scores: cannot queue the scores query: %s", rb_err_str(rv));
+		retry_later(r);
+		return;
+	}
+	r->scores_inflight = true;
+}
+
 static void on_notify(rb_db *db, const char *channel, const char *payload, void *arg)
 {
 	presence_roster *r = arg;
 	uint64_t id;
-	if (strcmp(channel, ROSTER_CHANNEL) != 0 || presence_parse_agent_payload(payload, &id) != 0)
+	if (strcmp(channel, ROSTER_CHANNEL) != 0)
+		return;
+	if (payload != NULL && strcmp(payload, SCORES_PAYLOAD) == 0) {
+		issue_scores(r);
+		return;
+	}
+	if (presence_parse_agent_payload(payload, &id) != 0)
 		return;
 	reload_req *req = malloc(sizeof(*req));
 	if (req == NULL) {

@@ -1,4 +1,5 @@
-// Unit tests of the roster's text parsing: PostgreSQL text[] output and notification payloads.
+// Unit tests of the roster's text parsing: PostgreSQL text[] output, scores and notification
+// payloads.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -93,12 +94,33 @@ static void test_payloads(void **state)
 	assert_int_equal(id, 7);
 }
 
+static void test_scores(void **state)
+{
+	(void)state;
+	double v = -1;
+	assert_int_equal(presence_parse_score("87.50", &v), 0);
+	assert_true(v == 87.5);
+	assert_int_equal(presence_parse_score("0", &v), 0);
+	assert_true(v == 0);
+	assert_int_equal(presence_parse_score("100.00", &v), 0);
+	assert_true(v == 100);
+	v = 7;
+	static const char *const bad[] = {"",      "100.01", "-0.5", "NaN", "Infinity",
+	                                  "12abc", "1e400",  " ",    "50 "};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+		if (presence_parse_score(bad[i], &v) != RB_EINVAL)
+			fail_msg("score '%s' accepted", bad[i]);
+	assert_int_equal(presence_parse_score(NULL, &v), RB_EINVAL);
+	assert_true(v == 7);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_arrays),
 	        cmocka_unit_test(test_bad_arrays),
 	        cmocka_unit_test(test_payloads),
+	        cmocka_unit_test(test_scores),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
