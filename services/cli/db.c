@@ -290,7 +290,11 @@ static const char db_usage[] =
         "Applies the SQL migrations not yet applied, each in its own "
         "transaction, in order:\n"
         "  $RINGBID_MIGRATIONS, else <bin>/../db/migrations (NNNN_name.sql).\n"
-        "Applied versions are recorded in public.schema_migrations.\n";
+        "Applied versions are recorded in public.schema_migrations.\n"
+        "\n"
+        "Run it as the login that owns ringbid's schemas (RINGBID_DATABASE_URL): it creates\n"
+        "the database roles the first time (0006_roles.sql; the login needs CREATEROLE then)\n"
+        "and grants each one its privileges (docs/security-access.md).\n";
 
 int cli_cmd_db(int argc, char **argv)
 {

@@ -35,16 +35,43 @@ typedef struct service {
 	const char *name;     // "broker": log/<name>.log, run/<name>.pid
 	const char *http_env; // its admin address variable
 	int http_offset;
+	// The variable naming its own database URL, handed to it as RINGBID_DATABASE_URL; NULL:
+	// it never touches the database and gets no URL at all.
+	const char *db_env;
 } service;
 
 // Start order: what others depend on first. Stopped in reverse.
 static const service services[] = {
-        {"billing", "RINGBID_BILLING_HTTP", RB_PORT_BILLING_HTTP},
-        {"auction", "RINGBID_AUCTION_HTTP", RB_PORT_AUCTION_HTTP},
-        {"presence", "RINGBID_PRESENCE_HTTP", RB_PORT_PRESENCE_HTTP},
-        {"broker", "RINGBID_BROKER_HTTP", RB_PORT_BROKER_HTTP},
+        {"billing", "RINGBID_BILLING_HTTP", RB_PORT_BILLING_HTTP, "RINGBID_BILLING_DATABASE_URL"},
+        {"auction", "RINGBID_AUCTION_HTTP", RB_PORT_AUCTION_HTTP, NULL},
+        {"presence", "RINGBID_PRESENCE_HTTP", RB_PORT_PRESENCE_HTTP,
+         "RINGBID_PRESENCE_DATABASE_URL"},
+        {"broker", "RINGBID_BROKER_HTTP", RB_PORT_BROKER_HTTP, "RINGBID_BROKER_DATABASE_URL"},
 };
 #define NSERVICES (sizeof services / sizeof services[0])
+
+// The logins of the private cluster. The owner runs migrations and the CLI; each service that
+// uses PostgreSQL logs in as a member of its group role (db/migrations/0006_roles.sql). Every
+// password is random and lives only in its own pgpass file, $RINGBID_HOME/pgpass/<user>
+// (mode 0600), which the login's URL names: no URL, environment or log ever holds a password.
+typedef struct db_login {
+	const char *user;
+	const char *group;   // NULL: the owner
+	const char *url_env; // where $RINGBID_HOME/env keeps its URL
+} db_login;
+
+#define DB_NAME    "ringbid"
+#define DB_OWNER   "postgres"
+#define PGPASS_DIR "pgpass"
+#define DB_URL_MAX 1000 // services read a conninfo of up to 1023 bytes
+
+static const db_login owner_login = {DB_OWNER, NULL, "RINGBID_DATABASE_URL"};
+static const db_login service_logins[] = {
+        {"ringbid_broker_login", "ringbid_broker", "RINGBID_BROKER_DATABASE_URL"},
+        {"ringbid_presence_login", "ringbid_presence", "RINGBID_PRESENCE_DATABASE_URL"},
+        {"ringbid_billing_login", "ringbid_billing", "RINGBID_BILLING_DATABASE_URL"},
+};
+#define NLOGINS (sizeof service_logins / sizeof service_logins[0])
 
 // Every port of a stack, as offsets from RINGBID_PORT_BASE.
 static const int port_offsets[] = {
@@ -295,12 +322,253 @@ static bool pid_runs(pid_t pid, const char *program)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Database passwords and URLs of the private cluster
+
+#define PW_MAX 128
+
+// Writes text and suffix to a new file at path with mode 0600, replacing nothing: an existing
+// file there is an error (EEXIST). Returns 0, or -1 with errno set.
+static int write_new_file(const char *path, const char *text, const char *suffix)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	const char *parts[2] = {text, suffix};
+	int err = 0;
+
+	if (fd < 0)
+		return -1;
+	for (int i = 0; i < 2 && err == 0; i++) {
+		size_t len = strlen(parts[i]), off = 0;
+
+		while (off < len) {
+			ssize_t w = write(fd, parts[i] + off, len - off);
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w < 0) {
+				err = errno;
+				break;
+			}
+			off += (size_t)w;
+		}
+	}
+	if (err == 0 && fsync(fd) != 0)
+		err = errno;
+	if (close(fd) != 0 && err == 0)
+		err = errno;
+	if (err != 0) {
+		unlink(path);
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+// A secret file written anew (an older one at path is removed first).
+static int write_secret(const char *path, const char *text, const char *suffix)
+{
+	if (unlink(path) != 0 && errno != ENOENT)
+		return -1;
+	return write_new_file(path, text, suffix);
+}
+
+static int pgpass_path(const char *home, const char *user, char *out, size_t n)
+{
+	if ((size_t)snprintf(out, n, "%s/" PGPASS_DIR "/%s", home, user) >= n)
+		return RB_ETOOBIG;
+	return 0;
+}
+
+// Reads user's password from its pgpass file, the one line "*:*:*:<user>:<password>" with a
+// password of hex digits (nothing a pgpass file would need to escape). Returns 0,
+// RB_ENOTFOUND (no file), RB_EIO or RB_ECONFIG (not such a file).
+static int pgpass_read(const char *path, const char *user, char *pw, size_t n)
+{
+	char buf[512], prefix[128];
+	struct stat st;
+	ssize_t len;
+	size_t plen, pwlen;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0)
+		return errno == ENOENT ? RB_ENOTFOUND : RB_EIO;
+	// libpq ignores a password file that others may read.
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+	    ((st.st_mode & 077) != 0 && fchmod(fd, 0600) != 0)) {
+		close(fd);
+		return RB_EIO;
+	}
+	len = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (len < 0)
+		return RB_EIO;
+	buf[len] = '\0';
+	snprintf(prefix, sizeof prefix, "*:*:*:%s:", user);
+	plen = strlen(prefix);
+	if ((size_t)len <= plen || memcmp(buf, prefix, plen) != 0) {
+		explicit_bzero(buf, sizeof buf);
+		return RB_ECONFIG;
+	}
+	pwlen = strspn(buf + plen, "0123456789abcdef");
+	if (pwlen < 32 || pwlen >= n || (buf[plen + pwlen] != '\n' && buf[plen + pwlen] != '\0')) {
+		explicit_bzero(buf, sizeof buf);
+		return RB_ECONFIG;
+	}
+	memcpy(pw, buf + plen, pwlen);
+	pw[pwlen] = '\0';
+	explicit_bzero(buf, sizeof buf);
+	return 0;
+}
+
+// user's password: the one in its pgpass file, else a new random one written there.
+// Returns 0 or an exit status (reason printed).
+static int pgpass_ensure(const char *home, const char *user, char *pw, size_t n)
+{
+	char dir[PATH_MAX], path[PATH_MAX], tmp[PATH_MAX + 32], line[256];
+	unsigned char rnd[32];
+	int rc, err;
+
+	if (n < 2 * sizeof rnd + 1 || path_fmt(dir, sizeof dir, home, PGPASS_DIR) < 0 ||
+	    pgpass_path(home, user, path, sizeof path) < 0 ||
+	    (size_t)snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) >= sizeof tmp)
+		return cli_fail("RINGBID_HOME is too long");
+	rc = pgpass_read(path, user, pw, n);
+	if (rc == 0)
+		return 0;
+	if (rc != RB_ENOTFOUND)
+		return cli_fail("%s is not the password file of %s (one line *:*:*:%s:PASSWORD)",
+		                path, user, user);
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		return cli_fail("cannot create %s: %s", dir, strerror(errno));
+	randombytes_buf(rnd, sizeof rnd);
+	sodium_bin2hex(pw, n, rnd, sizeof rnd);
+	sodium_memzero(rnd, sizeof rnd);
+	snprintf(line, sizeof line, "*:*:*:%s:%s", user, pw);
+	rc = write_secret(tmp, line, "\n");
+	explicit_bzero(line, sizeof line);
+	if (rc != 0)
+		return cli_fail("cannot write %s: %s", tmp, strerror(errno));
+	// link, not rename: when two `ringbid up` race, the first file stays and both use it.
+	rc = link(tmp, path);
+	err = errno;
+	unlink(tmp);
+	if (rc != 0 && err == EEXIST) {
+		if (pgpass_read(path, user, pw, n) != 0)
+			return cli_fail("%s is not the password file of %s", path, user);
+		return 0;
+	}
+	if (rc != 0)
+		return cli_fail("cannot write %s: %s", path, strerror(err));
+	return 0;
+}
+
+// The URL of user's login to the private cluster: postgresql://user@127.0.0.1:port/ringbid
+// with its pgpass file as the passfile parameter (percent-encoded). Returns 0 or RB_ETOOBIG.
+static int db_url(char *out, size_t n, const char *home, const char *user, int port)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char path[PATH_MAX];
+	size_t off;
+	int len;
+
+	if (pgpass_path(home, user, path, sizeof path) < 0)
+		return RB_ETOOBIG;
+	len = snprintf(out, n, "postgresql://%s@127.0.0.1:%d/" DB_NAME "?passfile=", user, port);
+	if (len < 0 || (size_t)len >= n)
+		return RB_ETOOBIG;
+	off = (size_t)len;
+	for (const unsigned char *c = (const unsigned char *)path; *c; c++) {
+		bool plain = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		             (*c >= '0' && *c <= '9') || strchr("/-._~", *c) != NULL;
+
+		if (off + 4 > n)
+			return RB_ETOOBIG;
+		if (plain) {
+			out[off++] = (char)*c;
+		} else {
+			out[off++] = '%';
+			out[off++] = hex[*c >> 4];
+			out[off++] = hex[*c & 15];
+		}
+	}
+	out[off] = '\0';
+	return off > DB_URL_MAX ? RB_ETOOBIG : 0;
+}
+
+// Connects to dbname of the private cluster as the owner, with the owner's pgpass file.
+// On success *out is the caller's (PQfinish). Returns 0 or an exit status (reason printed).
+static int owner_connect(const char *home, int port, const char *dbname, PGconn **out)
+{
+	char path[PATH_MAX], conninfo[2 * PATH_MAX + 256];
+	size_t off;
+	PGconn *conn;
+	int rc;
+
+	if (pgpass_path(home, DB_OWNER, path, sizeof path) < 0)
+		return cli_fail("RINGBID_HOME is too long");
+	off = (size_t)snprintf(conninfo, sizeof conninfo,
+	                       "host=127.0.0.1 port=%d user=" DB_OWNER
+	                       " dbname=%s connect_timeout=10 passfile='",
+	                       port, dbname);
+	// A quoted conninfo value escapes ' and \ with a backslash.
+	for (const char *c = path; *c && off + 4 < sizeof conninfo; c++) {
+		if (*c == '\'' || *c == '\\')
+			conninfo[off++] = '\\';
+		conninfo[off++] = *c;
+	}
+	conninfo[off++] = '\'';
+	conninfo[off] = '\0';
+	conn = PQconnectdb(conninfo);
+	if (!conn || PQstatus(conn) != CONNECTION_OK) {
+		rc = cli_fail("cannot connect to the private PostgreSQL as %s: %s", DB_OWNER,
+		              conn ? PQerrorMessage(conn) : "out of memory");
+		PQfinish(conn);
+		return rc;
+	}
+	*out = conn;
+	return 0;
+}
+
+static int exec_simple(PGconn *conn, const char *sql, const char *what)
+{
+	PGresult *res = PQexec(conn, sql);
+	int rc = 0;
+
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+		rc = cli_db_fail(conn, res, what);
+	PQclear(res);
+	return rc;
+}
+
+// Sets user's password. Only its SCRAM verifier, computed here, reaches the server, so the
+// password itself never appears in a statement, a server log or pg_stat_activity.
+static int set_password(PGconn *conn, const char *user, const char *pw)
+{
+	char sql[512], what[128];
+	char *verifier = PQencryptPasswordConn(conn, pw, user, "scram-sha-256");
+	char *lit = verifier ? PQescapeLiteral(conn, verifier, strlen(verifier)) : NULL;
+	int rc;
+
+	PQfreemem(verifier);
+	if (!lit)
+		return cli_fail("cannot make the password verifier of %s: %s", user,
+		                PQerrorMessage(conn));
+	snprintf(what, sizeof what, "cannot set the password of %s", user);
+	if ((size_t)snprintf(sql, sizeof sql, "ALTER ROLE %s PASSWORD %s", user, lit) >= sizeof sql)
+		rc = cli_fail("%s: verifier too long", what);
+	else
+		rc = exec_simple(conn, sql, what);
+	PQfreemem(lit);
+	return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The private PostgreSQL
 
 typedef struct pg {
 	char bindir[PATH_MAX];
-	char dir[PATH_MAX]; // $RINGBID_HOME/pg
-	char log[PATH_MAX]; // $RINGBID_HOME/log/postgres.log
+	char home[PATH_MAX]; // $RINGBID_HOME
+	char dir[PATH_MAX];  // $RINGBID_HOME/pg
+	char log[PATH_MAX];  // $RINGBID_HOME/log/postgres.log
 	bool as_postgres;
 	uid_t uid;
 	gid_t gid;
@@ -349,7 +617,8 @@ static int pg_setup(pg *p, const char *home)
 
 	if ((rc = find_pg_bin(p->bindir, sizeof p->bindir)) != 0)
 		return rc;
-	if (path_fmt(p->dir, sizeof p->dir, home, "pg") < 0 ||
+	if ((size_t)snprintf(p->home, sizeof p->home, "%s", home) >= sizeof p->home ||
+	    path_fmt(p->dir, sizeof p->dir, home, "pg") < 0 ||
 	    path_fmt(logdir, sizeof logdir, home, "log") < 0 ||
 	    path_fmt(p->log, sizeof p->log, logdir, "postgres.log") < 0)
 		return cli_fail("RINGBID_HOME is too long");
@@ -369,7 +638,8 @@ static int pg_setup(pg *p, const char *home)
 // Sets up the private cluster, creating it (initdb) the first time.
 static int pg_init(pg *p, const char *home)
 {
-	char initdb_log[PATH_MAX], version[PATH_MAX + 16], logdir[PATH_MAX];
+	char initdb_log[PATH_MAX], version[PATH_MAX + 16], logdir[PATH_MAX], pwfile[PATH_MAX];
+	char pwopt[PATH_MAX + 16], pw[PW_MAX];
 	struct stat st;
 	int rc;
 
@@ -389,19 +659,35 @@ static int pg_init(pg *p, const char *home)
 	if (p->as_postgres)
 		if (rb_pgdir_grant(p->dir) != 0)
 			return cli_fail("user postgres cannot reach %s", p->dir);
-	if (path_fmt(initdb_log, sizeof initdb_log, logdir, "initdb.log") < 0)
+	if (path_fmt(initdb_log, sizeof initdb_log, logdir, "initdb.log") < 0 ||
+	    path_fmt(pwfile, sizeof pwfile, home, "pg.pwfile") < 0 ||
+	    (size_t)snprintf(pwopt, sizeof pwopt, "--pwfile=%s", pwfile) >= sizeof pwopt)
 		return cli_fail("RINGBID_HOME is too long");
+	// The owner has a password from the first moment: there is no window in which the
+	// cluster lets anyone in without one.
+	if ((rc = pgpass_ensure(home, DB_OWNER, pw, sizeof pw)) != 0)
+		return rc;
+	rc = write_secret(pwfile, pw, "\n");
+	explicit_bzero(pw, sizeof pw);
+	if (rc != 0)
+		return cli_fail("cannot write %s: %s", pwfile, strerror(errno));
+	if ((rc = pg_own(p, pwfile)) != 0) {
+		unlink(pwfile);
+		return rc;
+	}
 	printf("creating a private PostgreSQL cluster in %s\n", p->dir);
 	fflush(stdout);
 	char initdb[PATH_MAX + 16];
 
 	snprintf(initdb, sizeof initdb, "%s/initdb", p->bindir);
-	const char *argv[] = {initdb,        "-D",           p->dir, "-U",
-	                      "postgres",    "--auth=trust", "-E",   "UTF8",
-	                      "--no-locale", "--no-sync",    NULL};
+	const char *argv[] = {
+	        initdb, "-D", p->dir, "-U",          DB_OWNER,    "--auth=scram-sha-256",
+	        pwopt,  "-E", "UTF8", "--no-locale", "--no-sync", NULL};
 	const run_opts ro = {.log = initdb_log, .as_postgres = p->as_postgres};
 
-	if (run(argv, &ro) != 0) {
+	rc = run(argv, &ro);
+	unlink(pwfile);
+	if (rc != 0) {
 		cli_fail("initdb failed");
 		print_tail(initdb_log);
 		return CLI_EXIT_ERR;
@@ -482,37 +768,142 @@ static int pg_start(pg *p, bool port_from_caller, int *port_out)
 	return 0;
 }
 
-static int pg_create_db(int port)
+static int pg_create_db(const pg *p, int port)
 {
-	char conninfo[256];
 	PGconn *conn;
 	PGresult *res;
-	int rc = 0;
+	int rc;
 
-	snprintf(conninfo, sizeof conninfo,
-	         "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=10", port);
-	conn = PQconnectdb(conninfo);
-	if (!conn || PQstatus(conn) != CONNECTION_OK) {
-		rc = cli_fail("cannot connect to the private PostgreSQL: %s",
-		              conn ? PQerrorMessage(conn) : "out of memory");
-		PQfinish(conn);
+	if ((rc = owner_connect(p->home, port, "postgres", &conn)) != 0)
 		return rc;
-	}
-	res = PQexec(conn, "SELECT 1 FROM pg_database WHERE datname = 'ringbid'");
+	res = PQexec(conn, "SELECT 1 FROM pg_database WHERE datname = '" DB_NAME "'");
 	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 0) {
 		PQclear(res);
-		res = PQexec(conn, "CREATE DATABASE ringbid");
+		res = PQexec(conn, "CREATE DATABASE " DB_NAME);
 		// Another `ringbid up` may have created it meanwhile (42P04): that is fine.
 		if (PQresultStatus(res) != PGRES_COMMAND_OK &&
 		    strcmp(cli_db_sqlstate(res), "42P04") != 0)
-			rc = cli_db_fail(conn, res, "cannot create database ringbid");
+			rc = cli_db_fail(conn, res, "cannot create database " DB_NAME);
 		else
-			printf("created database ringbid\n");
+			printf("created database " DB_NAME "\n");
 	} else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 		rc = cli_db_fail(conn, res, "cannot list databases");
 	}
 	PQclear(res);
 	PQfinish(conn);
+	return rc;
+}
+
+// The private cluster's only client rules: loopback TCP (it has no Unix socket), a password
+// for every login.
+static const char hba_rules[] =
+        "# ringbid's private cluster, written by `ringbid up`: loopback only, and every login\n"
+        "# proves its password (SCRAM). The passwords are in $RINGBID_HOME/" PGPASS_DIR "/.\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all ::1/128 scram-sha-256\n";
+
+// Makes the cluster ask every login for its password. A cluster made before ringbid used
+// passwords trusts every loopback connection: the owner's password is set first, while the old
+// rules still let us in, and then the rules change and the server reloads them.
+static int pg_secure(const pg *p, int port)
+{
+	char path[PATH_MAX + 16], tmp[PATH_MAX + 32], cur[sizeof hba_rules + 1], pw[PW_MAX];
+	PGconn *conn;
+	ssize_t len = -1;
+	int fd, rc;
+
+	snprintf(path, sizeof path, "%s/pg_hba.conf", p->dir);
+	snprintf(tmp, sizeof tmp, "%s/pg_hba.conf.%ld.tmp", p->dir, (long)getpid());
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		len = read(fd, cur, sizeof cur - 1);
+		close(fd);
+	}
+	if (len == (ssize_t)strlen(hba_rules) && memcmp(cur, hba_rules, (size_t)len) == 0)
+		return 0;
+	if ((rc = pgpass_ensure(p->home, DB_OWNER, pw, sizeof pw)) != 0)
+		return rc;
+	if ((rc = owner_connect(p->home, port, "postgres", &conn)) != 0) {
+		explicit_bzero(pw, sizeof pw);
+		return rc;
+	}
+	rc = set_password(conn, DB_OWNER, pw);
+	explicit_bzero(pw, sizeof pw);
+	if (rc == 0) {
+		if (write_secret(tmp, hba_rules, "") != 0 || pg_own(p, tmp) != 0 ||
+		    rename(tmp, path) != 0) {
+			rc = cli_fail("cannot write %s: %s", path, strerror(errno));
+			unlink(tmp);
+		} else {
+			rc = exec_simple(conn, "SELECT pg_reload_conf()",
+			                 "cannot reload the client rules");
+		}
+	}
+	PQfinish(conn);
+	if (rc == 0)
+		printf("PostgreSQL asks every login for its password (%s)\n", path);
+	return rc;
+}
+
+// Gives each service its own login, a member of its group role only (the roles are made by
+// the migrations, so this runs after them). Idempotent: an existing login gets its password
+// from the pgpass file again and keeps its other memberships.
+static int pg_logins(const char *home, int port)
+{
+	char pw[PW_MAX], sql[256], what[160];
+	const char *params[1];
+	PGconn *conn;
+	PGresult *res;
+	int rc;
+
+	if ((rc = owner_connect(home, port, DB_NAME, &conn)) != 0)
+		return rc;
+	for (size_t i = 0; i < NLOGINS && rc == 0; i++) {
+		const db_login *l = &service_logins[i];
+
+		if ((rc = pgpass_ensure(home, l->user, pw, sizeof pw)) != 0)
+			break;
+		params[0] = l->group;
+		rc = cli_db_exec(conn, "SELECT 1 FROM pg_roles WHERE rolname = $1", 1, params,
+		                 &res);
+		if (rc == 0 && PQntuples(res) == 0) {
+			rc = cli_fail(
+			        "role %s does not exist: the migrations (0006_roles.sql) have "
+			        "not run on this database",
+			        l->group);
+		} else if (rc < 0) {
+			rc = cli_db_fail(conn, res, "cannot read the roles");
+		}
+		PQclear(res);
+		if (rc != 0)
+			break;
+		snprintf(sql, sizeof sql, "CREATE ROLE %s LOGIN", l->user);
+		res = PQexec(conn, sql);
+		// 42710: it exists already (an earlier `ringbid up`, or one running beside us).
+		if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+		    strcmp(cli_db_sqlstate(res), "42710") != 0) {
+			snprintf(what, sizeof what, "cannot create login %s", l->user);
+			rc = cli_db_fail(conn, res, what);
+		}
+		PQclear(res);
+		snprintf(sql, sizeof sql,
+		         "ALTER ROLE %s WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
+		         "NOREPLICATION NOBYPASSRLS",
+		         l->user);
+		snprintf(what, sizeof what, "cannot set up login %s", l->user);
+		if (rc == 0)
+			rc = exec_simple(conn, sql, what);
+		if (rc == 0)
+			rc = set_password(conn, l->user, pw);
+		snprintf(sql, sizeof sql, "GRANT %s TO %s", l->group, l->user);
+		if (rc == 0)
+			rc = exec_simple(conn, sql, what);
+	}
+	explicit_bzero(pw, sizeof pw);
+	PQfinish(conn);
+	if (rc == 0)
+		printf("database logins ready: one per service, passwords in %s/" PGPASS_DIR "/\n",
+		       home);
 	return rc;
 }
 
@@ -669,6 +1060,16 @@ static int svc_start(svc_run *s)
 		argv[n++] = s->bin;
 		argv[n] = NULL;
 
+		// Each service logs in to PostgreSQL as itself; one without a database gets no URL
+		// (set and empty, so that it does not take the owner's from $RINGBID_HOME/env).
+		if (s->svc->db_env == NULL) {
+			setenv("RINGBID_DATABASE_URL", "", 1);
+		} else {
+			const char *u = getenv(s->svc->db_env);
+
+			if (u != NULL && *u != '\0')
+				setenv("RINGBID_DATABASE_URL", u, 1);
+		}
 		setsid();
 		out = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0640);
 		if (in >= 0)
@@ -752,17 +1153,21 @@ static const char up_usage[] =
         "\n"
         "Starts ringbid on this machine, in $RINGBID_HOME (default ./var):\n"
         "  - unless RINGBID_DATABASE_URL or PGHOST is set, a private PostgreSQL cluster in\n"
-        "    $RINGBID_HOME/pg on a free loopback port (RINGBID_PG_PORT to choose it)\n"
-        "  - the database migrations\n"
+        "    $RINGBID_HOME/pg on a free loopback port (RINGBID_PG_PORT to choose it), where\n"
+        "    every login needs its password (random, in $RINGBID_HOME/pgpass/<login>)\n"
+        "  - the database migrations, as the owner login (RINGBID_DATABASE_URL)\n"
+        "  - on the private cluster, one login per service, a member of its role only\n"
         "  - ringbid-billing, -auction, -presence and -broker in the background, logging to\n"
-        "    $RINGBID_HOME/log/<name>.log, their pids in $RINGBID_HOME/run/<name>.pid\n"
-        "and waits until each answers on /readyz. The chosen settings (database URL, port base,\n"
-        "service token) are written to $RINGBID_HOME/env, where every ringbid program finds\n"
-        "them. Services already running are left alone.\n"
+        "    $RINGBID_HOME/log/<name>.log, their pids in $RINGBID_HOME/run/<name>.pid; each\n"
+        "    gets RINGBID_<NAME>_DATABASE_URL as its RINGBID_DATABASE_URL when that is set\n"
+        "    (the auction gets none)\n"
+        "and waits until each answers on /readyz. The chosen settings (database URLs, port\n"
+        "base, service token) are written to $RINGBID_HOME/env, where every ringbid program\n"
+        "finds them. Services already running are left alone.\n"
         "\n"
         "options:\n"
         "  --no-db    neither start a private PostgreSQL nor run migrations: the services use\n"
-        "             RINGBID_DATABASE_URL / PG* as they are\n";
+        "             RINGBID_<NAME>_DATABASE_URL, RINGBID_DATABASE_URL / PG* as they are\n";
 
 int cli_cmd_up(int argc, char **argv)
 {
@@ -770,8 +1175,9 @@ int cli_cmd_up(int argc, char **argv)
 	const char *pos[1];
 	size_t npos;
 	char err[256], home[PATH_MAX], bindir[PATH_MAX], envpath[PATH_MAX], dir[PATH_MAX];
-	char portbase[16], pgport[16], url[512], token[256], migrations[PATH_MAX];
-	cli_env_kv kv[4];
+	char portbase[16], pgport[16], url[DB_URL_MAX + 1], token[256], migrations[PATH_MAX];
+	char svc_urls[NLOGINS][DB_URL_MAX + 1];
+	cli_env_kv kv[4 + NLOGINS];
 	size_t nkv = 0;
 	svc_run runs[NSERVICES];
 	bool no_db, external, pg_port_from_caller, token_file;
@@ -840,17 +1246,40 @@ int cli_cmd_up(int argc, char **argv)
 
 		if ((rc = pg_init(&p, home)) != 0 ||
 		    (rc = pg_start(&p, pg_port_from_caller, &port)) != 0 ||
-		    (rc = pg_create_db(port)) != 0)
+		    (rc = pg_secure(&p, port)) != 0 || (rc = pg_create_db(&p, port)) != 0)
 			return rc;
-		snprintf(url, sizeof url, "postgresql://postgres@127.0.0.1:%d/ringbid", port);
+		if (db_url(url, sizeof url, home, owner_login.user, port) < 0)
+			return cli_fail("RINGBID_HOME is too long for a database URL");
 		snprintf(pgport, sizeof pgport, "%d", port);
-		setenv("RINGBID_DATABASE_URL", url, 1);
+		setenv(owner_login.url_env, url, 1);
 		setenv("RINGBID_PG_PORT", pgport, 1);
-		kv[nkv++] = (cli_env_kv){"RINGBID_DATABASE_URL", url};
+		kv[nkv++] = (cli_env_kv){owner_login.url_env, url};
 		kv[nkv++] = (cli_env_kv){"RINGBID_PG_PORT", pgport};
-	} else if (getenv("RINGBID_DATABASE_URL") && *getenv("RINGBID_DATABASE_URL")) {
-		snprintf(url, sizeof url, "%s", getenv("RINGBID_DATABASE_URL"));
-		kv[nkv++] = (cli_env_kv){"RINGBID_DATABASE_URL", url};
+		for (size_t i = 0; i < NLOGINS; i++) {
+			const db_login *l = &service_logins[i];
+
+			if (db_url(svc_urls[i], sizeof svc_urls[i], home, l->user, port) < 0)
+				return cli_fail("RINGBID_HOME is too long for a database URL");
+			setenv(l->url_env, svc_urls[i], 1);
+			kv[nkv++] = (cli_env_kv){l->url_env, svc_urls[i]};
+		}
+	} else {
+		if (getenv("RINGBID_DATABASE_URL") && *getenv("RINGBID_DATABASE_URL")) {
+			snprintf(url, sizeof url, "%s", getenv("RINGBID_DATABASE_URL"));
+			kv[nkv++] = (cli_env_kv){"RINGBID_DATABASE_URL", url};
+		}
+		// An outside database's logins are the administrator's: each service's URL is kept
+		// as given, and a service without one shares the URL above.
+		for (size_t i = 0; i < NLOGINS; i++) {
+			const char *u = getenv(service_logins[i].url_env);
+
+			if (!u || !*u)
+				continue;
+			if (strlen(u) >= sizeof svc_urls[i])
+				return cli_fail("%s is too long", service_logins[i].url_env);
+			snprintf(svc_urls[i], sizeof svc_urls[i], "%s", u);
+			kv[nkv++] = (cli_env_kv){service_logins[i].url_env, svc_urls[i]};
+		}
 	}
 	if (path_fmt(envpath, sizeof envpath, home, "env") < 0 ||
 	    (rc = cli_env_write(envpath, kv, nkv)) < 0)
@@ -868,6 +1297,8 @@ int cli_cmd_up(int argc, char **argv)
 		PQfinish(conn);
 		if (rc < 0)
 			return CLI_EXIT_ERR;
+		if (!external && (rc = pg_logins(home, port)) != 0)
+			return rc;
 	}
 
 	for (size_t i = 0; i < NSERVICES; i++) {
