@@ -123,19 +123,19 @@ ringbid status
 
 step "Pay: ringbid payroll"
 note "Agents are paid per talk minute; pay periods are weeks in RINGBID_PAY_TZ (${RINGBID_PAY_TZ:-UTC})."
-note "A period can be closed once it has ended: this week's calls are still being paid, so the"
-note "demo closes last week (calls arriving later for a closed week are paid on LATE lines)."
+note "Finance closes a week once it has ended; the demo closes this week early (--early), as an"
+note "off-cycle run would: calls answered later this week are paid next week on LATE lines."
 note "Pay follows the real talk seconds the broker recorded: at ${TIME_FACTOR}x a four-minute talk"
 note "lasted about $((240 / TIME_FACTOR)) real seconds, so the amounts are small."
-ringbid payroll close previous || true
+ringbid payroll close current --early
 ringbid payroll periods
-step "This week's payroll file (provisional until closed): ringbid payroll export current --format csv"
+step "This week's payroll file: ringbid payroll export current --format csv"
 payroll_csv=$(ringbid payroll export current --format csv --output -) || payroll_csv=''
 printf '%s\n' "$payroll_csv" | head -n 12
 lines=$(printf '%s\n' "$payroll_csv" | grep -c . || true)
 if [ "$lines" -gt 12 ]; then note "... $((lines - 12)) more lines"; fi
 if [ -n "$payroll_csv" ]; then
-  step "Pay per agent so far (ringbid payroll explain AGENT current shows the calls behind it)"
+  step "Pay per agent this week (ringbid payroll explain AGENT current shows the calls behind it)"
   printf '%s\n' "$payroll_csv" | python3 -c '
 import csv, sys
 from decimal import Decimal

@@ -21,13 +21,15 @@ static const char rate_usage[] =
 
 static const char payroll_usage[] =
         "usage: ringbid payroll periods [--json]\n"
-        "       ringbid payroll close PERIOD\n"
+        "       ringbid payroll close PERIOD [--early]\n"
         "       ringbid payroll export PERIOD --format csv|adp|paychex|gusto [--output FILE]\n"
         "       ringbid payroll explain AGENT PERIOD [--json]\n"
         "\n"
         "Pay periods are weeks from Monday 00:00 in RINGBID_PAY_TZ (default UTC). PERIOD is\n"
         "the Monday it starts on (YYYY-MM-DD), 'current' or 'previous'. A closed period never\n"
         "changes; a CDR that arrives later is paid in the open period on a LATE line.\n"
+        "close refuses a period that has not ended unless --early says so: calls answered\n"
+        "later in that week are then paid next week on LATE lines.\n"
         "export writes FILE ('-': standard output); without --output it writes\n"
         "ringbid-payroll-PERIOD-FORMAT.csv, or ...provisional.csv for a period still open.\n"
         "RINGBID_PAYROLL_COMPANY is the company code written in adp and paychex files.\n";
@@ -409,10 +411,16 @@ static int payroll_close(int argc, char **argv)
 	PGconn *conn;
 	PGresult *res;
 	int rc;
+	cli_opt opts[] = {{.name = "early"}};
 
-	rc = cli_args_parse(argc, argv, NULL, 0, pos, 1, &npos, err, sizeof err);
+	rc = cli_args_parse(argc, argv, opts, 1, pos, 1, &npos, err, sizeof err);
+	if (rc == CLI_ARGS_HELP) {
+		fputs(payroll_usage, stdout);
+		return CLI_EXIT_OK;
+	}
 	if (rc != 0)
 		return cli_usage_error("payroll close", "%s", err);
+	bool early = cli_opt_has(opts, 1, "early");
 	if (npos != 1)
 		return cli_usage_error("payroll close", "expected PERIOD");
 	if (!cli_payroll_period_valid(pos[0]))
@@ -428,16 +436,47 @@ static int payroll_close(int argc, char **argv)
 	}
 	params[0] = start;
 	params[1] = tz;
+	// --early: the setting lives only in this transaction, so nothing else closes early.
+	if (early) {
+		rc = cli_db_exec(conn, "BEGIN", 0, NULL, &res);
+		PQclear(res);
+		if (rc == 0) {
+			rc = cli_db_exec(conn,
+			                 "SELECT set_config('ringbid.close_early', 'on', true)", 0,
+			                 NULL, &res);
+			PQclear(res);
+		}
+		if (rc < 0) {
+			rc = cli_fail("cannot close the pay period: %s", PQerrorMessage(conn));
+			PQfinish(conn);
+			return rc;
+		}
+	}
 	rc = cli_db_exec(conn,
 	                 "SELECT status, to_char(closed_at AT TIME ZONE 'UTC',"
 	                 " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), lines, cdrs, amount::text"
 	                 " FROM billing.close_period($1::date, $2)",
 	                 2, params, &res);
 	if (rc < 0) {
+		const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 		rc = cli_db_fail(conn, res, "cannot close the pay period");
+		if (state != NULL && strcmp(state, "55000") == 0 && !early)
+			fprintf(stderr,
+			        "ringbid: --early closes it now; calls answered later in that "
+			        "week are then paid next week on LATE lines\n");
 		PQclear(res);
 		PQfinish(conn);
 		return rc;
+	}
+	if (early) {
+		PGresult *c = NULL;
+		if (cli_db_exec(conn, "COMMIT", 0, NULL, &c) < 0) {
+			PQclear(c);
+			PQclear(res);
+			PQfinish(conn);
+			return cli_fail("cannot close the pay period: the commit failed");
+		}
+		PQclear(c);
 	}
 	if (strcmp(PQgetvalue(res, 0, 0), "already_closed") == 0)
 		printf("pay period %s was already closed at %s: %s lines, %s CDRs, %s USD; "

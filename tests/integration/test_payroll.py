@@ -301,5 +301,32 @@ def test_bad_cdrs_change_nothing(st):
     expect_eq(lines_after, lines_before, "pay lines")
 
 
+
+def test_close_current_week_early(st):
+    # Last in the file: it closes the current week for the shared stack.
+    setup(st, "early", {"ea": {"rate": "0.6000"}}, {5901: "Ida Early"})
+    now = int(datetime.now(UTC).timestamp()) * US
+    send(st, [cdr("ea-1", "ea", 5901, now - 120 * US, 60)])
+    r = st.ringbid("payroll", "close", "current")
+    expect(r.returncode == 1 and "has not ended yet" in r.stderr and "--early" in r.stderr,
+           "closing a running week without --early: %r", (r.returncode, r.stderr))
+    this_week = sql(st, "SELECT billing.period_start_of(now(), 'UTC')")[0][0]
+    expect_eq(sql(st, "SELECT count(*) FROM billing.pay_periods WHERE status = 'closed' "
+                      "AND start_date = '%s'" % this_week), [["0"]], "week still open")
+    out = st.ringbid_ok("payroll", "close", "current", "--early").stdout
+    expect("closed pay period %s" % this_week in out, "early close output: %r", out)
+    got, _ = lines_of(st, 5901, this_week)
+    expect_eq(got, [("ea", "TALK", "0.6000", "1.0000", "0.60", None, 1)],
+              "the early-closed week's line")
+    # A call answered later the same week is paid next week, on a LATE line naming this one.
+    send(st, [cdr("ea-2", "ea", 5901, now - 30 * US, 30)])
+    next_week = sql(st, "SELECT billing.period_start_of(now() + interval '7 days', 'UTC')")[0][0]
+    got, _ = lines_of(st, 5901, next_week)
+    expect_eq(got, [("ea", "LATE", "0.6000", "0.5000", "0.30", this_week, 1)],
+              "next week's LATE line")
+    got, _ = lines_of(st, 5901, this_week)
+    expect_eq(got, [("ea", "TALK", "0.6000", "1.0000", "0.60", None, 1)],
+              "the closed week after the later call")
+
 if __name__ == "__main__":
     run_tests(globals(), "payroll")
