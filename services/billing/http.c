@@ -369,3 +369,16 @@ int billing_http_init(billing_http *h, rb_http *http, rb_db *const *db, const ch
 		rv = rb_http_route(http, "GET", "/me/earnings", on_earnings_route, h);
 	return rv;
 }
+
+int billing_readonly_conninfo(const char *conninfo, char *out, size_t n)
+{
+	int len;
+	if (strncmp(conninfo, "postgresql://", 13) == 0 ||
+	    strncmp(conninfo, "postgres://", 11) == 0)
+		len = snprintf(out, n, "%s%coptions=-c%%20default_transaction_read_only%%3Don",
+		               conninfo, strchr(conninfo, '?') != NULL ? '&' : '?');
+	else
+		len = snprintf(out, n, "%s%soptions='-c default_transaction_read_only=on'",
+		               conninfo, conninfo[0] != '\0' ? " " : "");
+	return len < 0 || (size_t)len >= n ? RB_ETOOBIG : 0;
+}

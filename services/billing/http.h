@@ -39,4 +39,8 @@ int billing_http_format(const char *text);
 int billing_http_filename(const char *period, const char *format, bool provisional, char *out,
                           size_t n);
 
+// conninfo (a postgresql:// URI or key=value words, possibly empty) with every transaction
+// made READ ONLY (default_transaction_read_only) into out. Returns 0 or RB_ETOOBIG.
+int billing_readonly_conninfo(const char *conninfo, char *out, size_t n);
+
 #endif

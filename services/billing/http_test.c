@@ -70,9 +70,29 @@ static void test_format_and_filename(void **state)
 	assert_int_equal(billing_http_filename("2026-11-16", "adp", true, name, 10), RB_ETOOBIG);
 }
 
+static void readonly_conninfo(void **state)
+{
+	(void)state;
+	char out[256];
+	assert_int_equal(
+	        billing_readonly_conninfo("postgresql://u@127.0.0.1:5432/db", out, sizeof out), 0);
+	assert_string_equal(out, "postgresql://u@127.0.0.1:5432/db"
+	                         "?options=-c%20default_transaction_read_only%3Don");
+	assert_int_equal(billing_readonly_conninfo("postgres://h/db?passfile=/p", out, sizeof out),
+	                 0);
+	assert_string_equal(out, "postgres://h/db?passfile=/p"
+	                         "&options=-c%20default_transaction_read_only%3Don");
+	assert_int_equal(billing_readonly_conninfo("host=h dbname=d", out, sizeof out), 0);
+	assert_string_equal(out, "host=h dbname=d options='-c default_transaction_read_only=on'");
+	assert_int_equal(billing_readonly_conninfo("", out, sizeof out), 0);
+	assert_string_equal(out, "options='-c default_transaction_read_only=on'");
+	assert_int_equal(billing_readonly_conninfo("host=h", out, 10), RB_ETOOBIG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(readonly_conninfo),
 	        cmocka_unit_test(test_bearer),
 	        cmocka_unit_test(test_period),
 	        cmocka_unit_test(test_format_and_filename),

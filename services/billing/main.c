@@ -47,6 +47,7 @@ typedef struct billing {
 	// A recompute can read a month of calls: it gets a connection of its own so that CDR
 	// batches and outcomes never wait behind it.
 	rb_db *score_db;
+	rb_db *http_db; // read only: the payroll download and earnings can change nothing
 	billing_http money;
 	billing_scores scores;
 	bool schema_ok;
@@ -375,6 +376,8 @@ static void on_stop(rb_svc *svc, void *arg)
 	b->db = NULL;
 	rb_db_free(b->score_db);
 	b->score_db = NULL;
+	rb_db_free(b->http_db);
+	b->http_db = NULL;
 	rb_svc_close_handles(svc);
 }
 
@@ -443,9 +446,18 @@ int main(int argc, char **argv)
 	else
 		rb_info("scheduled score recompute is off (RINGBID_SCORE_INTERVAL_S=0)");
 
+	// The HTTP routes answer finance's downloads and agents' earnings on a connection of their
+	// own whose every transaction is READ ONLY: a bug or a hostile request there cannot change
+	// a CDR, a rate or a pay line, whatever the service's role may write.
+	char ro[sizeof(conninfo) + 64];
+	if ((rv = billing_readonly_conninfo(conninfo, ro, sizeof(ro))) != 0 ||
+	    (rv = rb_db_new(&b.svc.loop, ro, &b.http_db)) != 0) {
+		rb_error("cannot set up the payroll routes' connection: %s", rb_err_str(rv));
+		return 1;
+	}
 	char tz[BILLING_TZ_MAX + 1];
 	if ((rv = rb_config_str("RINGBID_PAY_TZ", "UTC", tz, sizeof(tz))) != 0 ||
-	    (rv = billing_http_init(&b.money, b.svc.http, &b.db, tz)) != 0) {
+	    (rv = billing_http_init(&b.money, b.svc.http, &b.http_db, tz)) != 0) {
 		rb_error("cannot set up the payroll routes: %s", rb_err_str(rv));
 		return 1;
 	}

@@ -973,12 +973,14 @@ static int import_batch(PGconn *conn, const rows *r, size_t from, size_t to, con
 		                       "$%zu::text)",
 		                       i ? ", " : "", np - 4, np - 3, np - 2, np - 1, np - 1, np);
 	}
-	// A score in the file is set by hand (pinned); an empty one keeps what the agent has.
+	// A score in the file is set by hand (pinned); an empty one keeps what the agent has. Every
+	// row carries the same hash ($5): EXCLUDED.secret_hash would need the right to read the
+	// column, which supervisors do not have.
 	sprintf(sql + off, " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
 	                   "skills = EXCLUDED.skills, score = CASE WHEN EXCLUDED.score_pinned "
 	                   "THEN EXCLUDED.score ELSE a.score END, "
 	                   "score_pinned = a.score_pinned OR EXCLUDED.score_pinned, "
-	                   "secret_hash = EXCLUDED.secret_hash RETURNING (xmax = 0)");
+	                   "secret_hash = $5::text RETURNING (xmax = 0)");
 	if (cli_db_exec(conn, sql, (int)np, params, &res) < 0) {
 		rc = strcmp(cli_db_sqlstate(res), "42P01") == 0
 		             ? cli_fail("the roster schema is missing: run 'ringbid db migrate'")

@@ -402,6 +402,16 @@ def test_supervisor_keeps_roster_and_rates_but_sees_no_pay(st):
     ringbid_as_ok(st, "supervisor", "agent", "add", "8301", "--name", "Sup Agent",
                   "--skills", "x", "--secret-file", st.secret_file("sup-secret"))
     ringbid_as_ok(st, "supervisor", "agent", "set", "8301", "--score", "77")
+    # Importing a roster file (new agents and an update of 8301) needs no secret hash read.
+    roster = os.path.join(st.home, "sup-import.csv")
+    with open(roster, "w") as f:
+        f.write("8302,Imported One,x,60\n8301,Sup Agent Renamed,x,\n")
+    ringbid_as_ok(st, "supervisor", "agent", "import", roster, "--secret-file",
+                  st.secret_file("sup-secret"))
+    expect_eq(st.psql("SELECT id, name, score::text FROM roster.agents WHERE id IN (8301, 8302)"
+                      " ORDER BY id"),
+              [["8301", "Sup Agent Renamed", "77.00"], ["8302", "Imported One", "60.00"]],
+              "agents after a supervisor's import")
     listing = ringbid_as_ok(st, "supervisor", "agent", "list").stdout
     expect("Sup Agent" in listing, "agent list as supervisor: %r", listing)
     ringbid_as_ok(st, "supervisor", "rate", "set", "rb-sup", "0.4")
