@@ -210,31 +210,6 @@ const char BILLING_INGEST_SQL[] =
 // ---------------------------------------------------------------------------------------------
 // Outcomes
 
-const char *billing_outcome_kind_name(int kind)
-{
-	switch (kind) {
-	case RINGBID__OUTCOME_KIND__OUTCOME_SURVEY:
-		return "survey";
-	case RINGBID__OUTCOME_KIND__OUTCOME_RESOLVED:
-		return "resolved";
-	case RINGBID__OUTCOME_KIND__OUTCOME_SALE:
-		return "sale";
-	case RINGBID__OUTCOME_KIND__OUTCOME_QA:
-		return "qa";
-	default:
-		return NULL;
-	}
-}
-
-Ringbid__OutcomeKind billing_outcome_kind_of(const char *name)
-{
-	for (int k = RINGBID__OUTCOME_KIND__OUTCOME_SURVEY; k <= RINGBID__OUTCOME_KIND__OUTCOME_QA;
-	     k++)
-		if (name != NULL && strcmp(name, billing_outcome_kind_name(k)) == 0)
-			return (Ringbid__OutcomeKind)k;
-	return RINGBID__OUTCOME_KIND__OUTCOME_NONE;
-}
-
 // The texts match billing.record_outcomes' own refusals, so a user reads the same reason
 // whichever of the two caught the mistake.
 static int outcome_check(const Ringbid__Outcome *o, size_t i, const char *call_id, uint64_t now_us,
@@ -265,7 +240,7 @@ static int outcome_check(const Ringbid__Outcome *o, size_t i, const char *call_i
 	case RINGBID__OUTCOME_KIND__OUTCOME_SALE:
 		if (o->value < 0 || o->value > 1) {
 			snprintf(why, why_n, "%s must be 0 or 1 (got %" PRId32 ")",
-			         billing_outcome_kind_name(o->kind), o->value);
+			         rb_outcome_kind_name(o->kind), o->value);
 			return RB_EINVAL;
 		}
 		break;
@@ -287,7 +262,7 @@ static int outcome_check(const Ringbid__Outcome *o, size_t i, const char *call_i
 	}
 	if (o->kind != RINGBID__OUTCOME_KIND__OUTCOME_QA && has_reviewer) {
 		snprintf(why, why_n, "only a QA review has a reviewer (%s has one)",
-		         billing_outcome_kind_name(o->kind));
+		         rb_outcome_kind_name(o->kind));
 		return RB_EINVAL;
 	}
 	if (o->recorded_us != 0 && ((now_us > BILLING_OUTCOME_PAST_US &&
@@ -341,7 +316,7 @@ int billing_outcomes_json(Ringbid__Outcome *const *out, size_t n, char **json)
 		return RB_ENOMEM;
 	for (size_t i = 0; i < n; i++) {
 		const Ringbid__Outcome *o = out[i];
-		const char *kind = billing_outcome_kind_name(o->kind);
+		const char *kind = rb_outcome_kind_name(o->kind);
 		json_t *e = json_pack(
 		        "{s:s, s:o, s:i, s:s, s:I, s:b}", "call_id", o->call_id ? o->call_id : "",
 		        "kind", kind ? json_string(kind) : json_null(), "value", (int)o->value,

@@ -33,11 +33,6 @@ extern const char BILLING_INGEST_SQL[];
 
 // ---- outcomes (a CdrBatch carrying the outcomes of one RecordOutcomes request)
 
-// "survey", "resolved", "sale", "qa"; NULL for any other value. Static storage.
-const char *billing_outcome_kind_name(int kind);
-// The kind named name (as above), or RINGBID__OUTCOME_KIND__OUTCOME_NONE.
-Ringbid__OutcomeKind billing_outcome_kind_of(const char *name);
-
 // Checks every field of out[0..n) as PostgreSQL will, against the wall clock now_us: 1..16
 // outcomes, all of one valid call id; survey 1..5, resolved and sale 0..1, QA 0..100 with a
 // reviewer id (rb_valid_id), no reviewer on other kinds; recorded_us 0 or within

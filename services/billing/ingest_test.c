@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "ingest.h"
+#include "rb_names.h"
 #include "rb_err.h"
 
 #define T0 1795000000000000ULL // 2026-11-18, UTC microseconds
@@ -416,11 +417,11 @@ static void test_outcome_names_and_refusals(void **state)
 {
 	for (int k = RINGBID__OUTCOME_KIND__OUTCOME_SURVEY; k <= RINGBID__OUTCOME_KIND__OUTCOME_QA;
 	     k++)
-		assert_int_equal(billing_outcome_kind_of(billing_outcome_kind_name(k)), k);
-	assert_null(billing_outcome_kind_name(0));
-	assert_null(billing_outcome_kind_name(5));
-	assert_int_equal(billing_outcome_kind_of("nps"), RINGBID__OUTCOME_KIND__OUTCOME_NONE);
-	assert_int_equal(billing_outcome_kind_of(NULL), RINGBID__OUTCOME_KIND__OUTCOME_NONE);
+		assert_int_equal(rb_outcome_kind_of(rb_outcome_kind_name(k)), k);
+	assert_null(rb_outcome_kind_name(0));
+	assert_null(rb_outcome_kind_name(5));
+	assert_int_equal(rb_outcome_kind_of("nps"), RINGBID__OUTCOME_KIND__OUTCOME_NONE);
+	assert_int_equal(rb_outcome_kind_of(NULL), RINGBID__OUTCOME_KIND__OUTCOME_NONE);
 
 	assert_int_equal(billing_outcome_refusal("P0002"), RB_ENOTFOUND);
 	assert_int_equal(billing_outcome_refusal("23505"), RB_ECONFLICT);

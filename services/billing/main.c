@@ -11,6 +11,7 @@
 #include "rb_db.h"
 #include "rb_err.h"
 #include "rb_log.h"
+#include "rb_names.h"
 #include "rb_metrics.h"
 #include "rb_pb.h"
 #include "rb_secret.h"
@@ -194,7 +195,7 @@ static void on_outcomes_stored(rb_db *db, int err, const PGresult *res, const ch
 	for (int i = 0; i < rows; i++) {
 		ringbid__outcome_ack__init(&acks[i]);
 		acks[i].call_id = PQgetvalue(res, i, 0);
-		acks[i].kind = billing_outcome_kind_of(PQgetvalue(res, i, 1));
+		acks[i].kind = (Ringbid__OutcomeKind)rb_outcome_kind_of(PQgetvalue(res, i, 1));
 		acks[i].reviewer = PQgetvalue(res, i, 2);
 		acks[i].duplicate = strcmp(PQgetvalue(res, i, 3), "t") == 0;
 		rb_metric_inc(acks[i].duplicate ? b->m_outcome_dups : b->m_outcomes);

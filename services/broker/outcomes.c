@@ -9,6 +9,7 @@
 #include "call.h"
 #include "rb_err.h"
 #include "rb_log.h"
+#include "rb_names.h"
 #include "rb_pb.h"
 
 #define PEER_TEXT_MAX 200 // billing's refusal text passed on
@@ -25,18 +26,8 @@ struct broker_outcome_req {
 
 static const char *kind_name(Ringbid__OutcomeKind kind)
 {
-	switch (kind) {
-	case RINGBID__OUTCOME_KIND__OUTCOME_SURVEY:
-		return "survey";
-	case RINGBID__OUTCOME_KIND__OUTCOME_RESOLVED:
-		return "resolved";
-	case RINGBID__OUTCOME_KIND__OUTCOME_SALE:
-		return "sale";
-	case RINGBID__OUTCOME_KIND__OUTCOME_QA:
-		return "qa";
-	default:
-		return "?";
-	}
+	const char *name = rb_outcome_kind_name(kind);
+	return name != NULL ? name : "?";
 }
 
 static int say(char *why, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -48,27 +39,6 @@ static int say(char *why, size_t n, const char *fmt, ...)
 	vsnprintf(why, n, fmt, ap);
 	va_end(ap);
 	return RB_EINVAL;
-}
-
-// The range of a kind's value; false for a kind that does not exist.
-static bool value_range(Ringbid__OutcomeKind kind, int32_t *lo, int32_t *hi, const char **what)
-{
-	switch (kind) {
-	case RINGBID__OUTCOME_KIND__OUTCOME_SURVEY:
-		*lo = 1, *hi = 5, *what = "a survey score is 1-5";
-		return true;
-	case RINGBID__OUTCOME_KIND__OUTCOME_RESOLVED:
-		*lo = 0, *hi = 1, *what = "resolved is 0 (no) or 1 (yes)";
-		return true;
-	case RINGBID__OUTCOME_KIND__OUTCOME_SALE:
-		*lo = 0, *hi = 1, *what = "sale is 0 (no) or 1 (yes)";
-		return true;
-	case RINGBID__OUTCOME_KIND__OUTCOME_QA:
-		*lo = 0, *hi = 100, *what = "a QA review is 0-100";
-		return true;
-	default:
-		return false;
-	}
 }
 
 static int check_one(const Ringbid__RecordOutcomes *ro, size_t i, uint64_t now_us, char *why,
@@ -85,9 +55,9 @@ static int check_one(const Ringbid__RecordOutcomes *ro, size_t i, uint64_t now_u
 		           "outcomes[%zu].call_id differs from outcomes[0].call_id: one call per "
 		           "request",
 		           i);
-	int32_t lo, hi;
+	int lo, hi;
 	const char *what;
-	if (!value_range(o->kind, &lo, &hi, &what))
+	if (!rb_outcome_range(o->kind, &lo, &hi, &what))
 		return say(why, n, "outcomes[%zu].kind must be survey, resolved, sale or qa", i);
 	if (o->value < lo || o->value > hi)
 		return say(why, n, "outcomes[%zu].value: %s (got %d)", i, what, (int)o->value);
@@ -227,10 +197,10 @@ static bool ack_usable(const broker_outcome_req *r, const Ringbid__CdrAck *ack)
 		return false;
 	for (size_t i = 0; i < ack->n_outcomes; i++) {
 		const Ringbid__OutcomeAck *a = ack->outcomes[i];
-		int32_t lo, hi;
+		int lo, hi;
 		const char *what;
 		if (a == NULL || a->call_id == NULL || strcmp(a->call_id, r->call_id) != 0 ||
-		    !value_range(a->kind, &lo, &hi, &what) || a->reviewer == NULL ||
+		    !rb_outcome_range(a->kind, &lo, &hi, &what) || a->reviewer == NULL ||
 		    (a->reviewer[0] != '\0' && !rb_valid_id(a->reviewer, BROKER_REVIEWER_MAX)))
 			return false;
 	}

@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "rb_err.h"
+#include "rb_names.h"
 #include "rb_pb.h"
 #include "rb_time.h"
 
@@ -63,18 +64,8 @@ static json_t *str_or_null(const char *s)
 
 const char *cli_outcome_kind_name(int kind)
 {
-	switch (kind) {
-	case RINGBID__OUTCOME_KIND__OUTCOME_SURVEY:
-		return "survey";
-	case RINGBID__OUTCOME_KIND__OUTCOME_RESOLVED:
-		return "resolved";
-	case RINGBID__OUTCOME_KIND__OUTCOME_SALE:
-		return "sale";
-	case RINGBID__OUTCOME_KIND__OUTCOME_QA:
-		return "qa";
-	default:
-		return "";
-	}
+	const char *name = rb_outcome_kind_name(kind);
+	return name != NULL ? name : "";
 }
 
 static const char outcome_usage[] =
