@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "presence_link.h"
 #include "rb_err.h"
 #include "rb_log.h"
 #include "rb_pb.h"
@@ -226,6 +227,8 @@ void broker_send(broker *b, broker_link link, Ringbid__Envelope *env)
 	nng_msg *msg = pack_envelope(b, env);
 	if (msg == NULL)
 		return;
+	if (link == BROKER_LINK_PRESENCE && broker_presence_route(b, env, msg, true) != 0)
+		return;
 	gated *g = malloc(sizeof(*g));
 	if (g == NULL) {
 		nng_msg_free(msg);
@@ -246,8 +249,11 @@ void broker_send_now(broker *b, broker_link link, Ringbid__Envelope *env)
 	if (bus == NULL)
 		return;
 	nng_msg *msg = pack_envelope(b, env);
-	if (msg != NULL)
-		rb_bus_send(bus, msg);
+	if (msg == NULL)
+		return;
+	if (link == BROKER_LINK_PRESENCE && broker_presence_route(b, env, msg, false) != 0)
+		return;
+	rb_bus_send(bus, msg);
 }
 
 void broker_send_enqueue(broker *b, const broker_call *c)
@@ -261,7 +267,10 @@ void broker_send_enqueue(broker *b, const broker_call *c)
 	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
 	env.body_case = RINGBID__ENVELOPE__BODY_ENQUEUE;
 	env.enqueue = &eq;
-	broker_send(b, BROKER_LINK_AUCTION, &env);
+	// Not held for the journal: the auction's state is soft (docs/delivery.md). Should the
+	// broker crash before the change reaches the disk, the auction's copy of a call the
+	// broker no longer knows is bounced by its first Match (Dequeue release_agent).
+	broker_send_now(b, BROKER_LINK_AUCTION, &env);
 }
 
 void broker_send_dequeue(broker *b, const char *call_id, uint64_t release_agent)
@@ -272,7 +281,8 @@ void broker_send_dequeue(broker *b, const char *call_id, uint64_t release_agent)
 	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
 	env.body_case = RINGBID__ENVELOPE__BODY_DEQUEUE;
 	env.dequeue = &dq;
-	broker_send(b, BROKER_LINK_AUCTION, &env);
+	// Sent at once like the Enqueue, so the two keep their order on the link.
+	broker_send_now(b, BROKER_LINK_AUCTION, &env);
 }
 
 void broker_send_call_ended(broker *b, const char *call_id, const char *program, uint64_t agent_id)
@@ -774,6 +784,7 @@ void broker_stop(broker *b)
 
 void broker_fini(broker *b)
 {
+	broker_presence_fini();
 	broker_book_fini(&b->book);
 	broker_outbox_fini(&b->outbox);
 }
