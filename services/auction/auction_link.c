@@ -2,6 +2,8 @@
 // to the market, and the market's Matches sent to the broker.
 #include "auction_link.h"
 
+#include <uthash.h>
+
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -22,20 +24,52 @@
 // Timestamps further ahead of this clock than this are impossible (clock skew allowance).
 #define FUTURE_SKEW_US (3600ull * 1000000)
 
+// One presence connection. It speaks for the instance its Envelopes name; its snapshot
+// replaces only that instance's agents.
+typedef struct peer {
+	uint32_t pipe; // nng pipe id; 0 for callers that do not tell connections apart
+	bool known;    // an Envelope came: presence_id is set
+	uint32_t presence_id;
+	uint64_t snap_gen; // the snapshot being received (its agents are marked with it)
+	uint64_t snap_id;  // presence's id of that snapshot
+	bool snap_open;
+	UT_hash_handle hh;
+} peer;
+
+// Where an agent's session lives. Each instance's stream is in order (its state_seq only
+// grows), but state_seqs of two instances are separate counters: between instances the
+// update that arrives last wins, and only a report of availability moves an agent, because
+// every instance also reports the agents it does not hold (as not available).
+typedef struct home {
+	uint64_t agent_id;
+	uint32_t presence_id; // the instance that last reported it (holding it, when held)
+	bool held;            // presence_id reported it available and has not gone since
+	uint64_t seq;         // the state_seq of the last update applied
+	uint64_t arrival;     // order of that update among all applied
+	uint64_t snap_gen;    // the last snapshot of presence_id that mentioned it
+	UT_hash_handle hh;
+} home;
+
 struct auction {
 	char token[256];
 	auction_send_fn send;
 	void *send_arg;
 	market *mk;
-	bool presence_up, broker_up;
+	bool broker_up;
 	bool from_broker; // handling a message the broker just sent: it is connected
+	peer *peers;      // presence connections
+	size_t npeers;
+	peer *cur; // the presence connection whose message is being handled
+	home *homes;
+	uint64_t arrivals; // updates applied so far
+	uint64_t snap_gens;
 };
 
 // One registry per process: the auction's metrics are registered once.
 static struct {
 	bool registered;
 	rb_metric *decisions, *exploratory, *resends, *refused, *available, *waiting, *agents,
-	        *reserved, *backstops, *forgotten;
+	        *reserved, *backstops, *forgotten, *presence_peers, *moves, *instance_lost;
 } metrics;
 
 static void metric_inc(rb_metric *m)
@@ -83,6 +117,14 @@ static void metrics_register(void)
 	metrics.forgotten =
 	        rb_metrics_counter("ringbid_auction_calls_forgotten_total", NULL,
 	                           "Calls dropped after the broker stopped naming them.");
+	metrics.presence_peers = rb_metrics_gauge("ringbid_auction_presence_connections", NULL,
+	                                          "Presence instances connected now.");
+	metrics.moves = rb_metrics_counter("ringbid_auction_agent_moves_total", NULL,
+	                                   "Agents reported available by another presence "
+	                                   "instance than the one holding them.");
+	metrics.instance_lost =
+	        rb_metrics_counter("ringbid_auction_agents_instance_lost_total", NULL,
+	                           "Agents that left the market with their presence instance.");
 }
 
 static void update_gauges(const auction *a)
@@ -93,6 +135,7 @@ static void update_gauges(const auction *a)
 	metric_set(metrics.waiting, (double)st.calls_waiting);
 	metric_set(metrics.agents, (double)st.agents);
 	metric_set(metrics.reserved, (double)st.agents_reserved);
+	metric_set(metrics.presence_peers, (double)a->npeers);
 }
 
 static market_time now_time(void)
@@ -141,7 +184,8 @@ static const char *body_name(Ringbid__Envelope__BodyCase c)
 	}
 }
 
-static int send_envelope(auction *a, auction_link_id link, Ringbid__Envelope *env)
+// Sends env on link; on the presence link to connection pipe only.
+static int send_envelope_to(auction *a, auction_link_id link, uint32_t pipe, Ringbid__Envelope *env)
 {
 	env->token = a->token;
 	nng_msg *msg;
@@ -151,7 +195,18 @@ static int send_envelope(auction *a, auction_link_id link, Ringbid__Envelope *en
 		         link_name(link), rb_err_str(rc));
 		return rc;
 	}
+	if (link == AUCTION_LINK_PRESENCE && pipe != 0) {
+		nng_pipe p = NNG_PIPE_INITIALIZER;
+		p.id = pipe;
+		nng_msg_set_pipe(msg, p);
+	}
 	return a->send(a->send_arg, link, msg);
+}
+
+// Sends env on link; on the presence link to the connection being heard.
+static int send_envelope(auction *a, auction_link_id link, Ringbid__Envelope *env)
+{
+	return send_envelope_to(a, link, a->cur ? a->cur->pipe : 0, env);
 }
 
 // Refuses a message: a warn line, the counter, and an Envelope{error} on the same link.
@@ -219,6 +274,11 @@ static void on_match(const market_match *mm, void *arg)
 	m.call_id = (char *)mm->call_id;
 	m.agent_id = mm->agent_id;
 	m.decision = &dec;
+	// Only an agent reported available is matched, so its instance is known; the broker
+	// sends the offer on that instance's connection.
+	uint32_t pid = 0;
+	auction_agent_instance(a, mm->agent_id, &pid);
+	m.presence_id = pid;
 	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
 	env.body_case = RINGBID__ENVELOPE__BODY_MATCH;
 	env.match = &m;
@@ -388,6 +448,105 @@ static void on_dequeue(auction *a, const Ringbid__Dequeue *d)
 		refuse(a, AUCTION_LINK_BROKER, rc, d->call_id, 0, "Dequeue: %s", rb_err_str(rc));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Agents and the instances holding them
+
+static home *home_find(const auction *a, uint64_t agent_id)
+{
+	home *h = NULL;
+	HASH_FIND(hh, a->homes, &agent_id, sizeof agent_id, h);
+	return h;
+}
+
+// The agent leaves the market: not available, its reservation (if any) ended. The market has
+// no removal of a single agent, so it stays known there as away until presence speaks of it
+// again. The state_seq given is one past the last applied: never the one a reservation was
+// taken at, so the reservation ends (docs/delivery.md).
+static void release(auction *a, home *h, market_time now)
+{
+	market_agent_info info = {
+	        .id = h->agent_id,
+	        .available = false,
+	        .state_seq = h->seq + 1,
+	};
+	int rc = market_agent_update(a->mk, &info, now);
+	if (rc != 0)
+		rb_logf(RB_LOG_ERROR, NULL, h->agent_id, "cannot take the agent out: %s",
+		        rb_err_str(rc));
+	h->seq++;
+	h->held = false;
+}
+
+typedef enum {
+	ROUTE_APPLY, // the update is the agent's news: apply it
+	ROUTE_SKIP,  // an instance that does not hold the agent says it is not available there
+} route;
+
+// Decides what an update from instance pid does to the agent, ending the hold of another
+// instance when the agent is available on pid now (a move: the agent logged in there).
+static route route_update(auction *a, uint32_t pid, const Ringbid__AgentUpdate *u, market_time now)
+{
+	home *h = home_find(a, u->agent_id);
+	if (h == NULL || !h->held || h->presence_id == pid)
+		return ROUTE_APPLY;
+	if (!u->available)
+		return ROUTE_SKIP;
+	metric_inc(metrics.moves);
+	rb_logf(RB_LOG_INFO, NULL, u->agent_id,
+	        "available on presence instance %" PRIu32 ", held by instance %" PRIu32
+	        " until now: moved",
+	        pid, h->presence_id);
+	release(a, h, now);
+	return ROUTE_APPLY;
+}
+
+// Records that instance pid's update u was applied. Returns the agent's entry, or NULL when
+// there is no memory for it (the agent is then matched as if held by no instance).
+static home *note_applied(auction *a, uint32_t pid, const Ringbid__AgentUpdate *u)
+{
+	home *h = home_find(a, u->agent_id);
+	if (h == NULL) {
+		h = calloc(1, sizeof *h);
+		if (h == NULL) {
+			rb_logf(RB_LOG_ERROR, NULL, u->agent_id,
+			        "out of memory for the agent's home");
+			return NULL;
+		}
+		h->agent_id = u->agent_id;
+		HASH_ADD(hh, a->homes, agent_id, sizeof h->agent_id, h);
+	}
+	if (h->presence_id != pid)
+		h->held = false;
+	h->presence_id = pid;
+	if (u->available)
+		h->held = true;
+	h->seq = u->state_seq;
+	h->arrival = ++a->arrivals;
+	return h;
+}
+
+// Every agent held by instance pid leaves the market; with snap_gen non-zero only those its
+// snapshot of that generation did not mention. Returns how many left.
+static size_t release_instance(auction *a, uint32_t pid, uint64_t snap_gen, market_time now)
+{
+	size_t n = 0;
+	home *h, *tmp;
+	HASH_ITER(hh, a->homes, h, tmp)
+	{
+		if (h->presence_id != pid || !h->held || (snap_gen != 0 && h->snap_gen == snap_gen))
+			continue;
+		release(a, h, now);
+		n++;
+	}
+	return n;
+}
+
+// The instance the connection being heard speaks for.
+static uint32_t cur_pid(const auction *a)
+{
+	return a->cur && a->cur->known ? a->cur->presence_id : 0;
+}
+
 static void on_agent(auction *a, const Ringbid__AgentUpdate *u)
 {
 	market_time now = now_time();
@@ -397,15 +556,27 @@ static void on_agent(auction *a, const Ringbid__AgentUpdate *u)
 		       why);
 		return;
 	}
+	uint32_t pid = cur_pid(a);
+	if (route_update(a, pid, u, now) == ROUTE_SKIP)
+		return;
 	market_program_score ps[MARKET_MAX_PROGRAM_SCORES];
 	market_agent_info info;
 	agent_info(u, ps, &info);
 	int rc = market_agent_update(a->mk, &info, now);
+	if (rc == RB_EINVAL) {
+		refuse(a, AUCTION_LINK_PRESENCE, rc, NULL, u->agent_id, "AgentUpdate: %s",
+		       rb_err_str(rc));
+		return;
+	}
+	note_applied(a, pid, u);
 	if (rc != 0)
 		refuse(a, AUCTION_LINK_PRESENCE, rc, NULL, u->agent_id, "AgentUpdate: %s",
 		       rb_err_str(rc));
 }
 
+// One chunk of an instance's snapshot. Its agents are applied by the rules of single updates;
+// when the last chunk is in, the agents the instance held that it no longer mentions leave
+// the market. Other instances' agents are not touched.
 static void on_snapshot(auction *a, const Ringbid__AgentSnapshot *s)
 {
 	market_time now = now_time();
@@ -429,34 +600,67 @@ static void on_snapshot(auction *a, const Ringbid__AgentSnapshot *s)
 	}
 	market_agent_info *infos = calloc(s->n_agents ? s->n_agents : 1, sizeof *infos);
 	market_program_score *ps = calloc(nps ? nps : 1, sizeof *ps);
-	if (!infos || !ps) {
+	const Ringbid__AgentUpdate **applied =
+	        calloc(s->n_agents ? s->n_agents : 1, sizeof *applied);
+	if (!infos || !ps || !applied) {
 		free(infos);
 		free(ps);
+		free(applied);
 		refuse(a, AUCTION_LINK_PRESENCE, RB_ENOMEM, NULL, 0, "AgentSnapshot %" PRIu64,
 		       s->snapshot_id);
 		return;
 	}
-	size_t off = 0;
-	for (size_t i = 0; i < s->n_agents; i++) {
-		agent_info(s->agents[i], ps + off, &infos[i]);
-		off += s->agents[i]->n_program_scores;
+	peer *p = a->cur;
+	uint32_t pid = cur_pid(a);
+	if (s->first && p) {
+		p->snap_gen = ++a->snap_gens;
+		p->snap_id = s->snapshot_id;
+		p->snap_open = true;
 	}
-	size_t dropped = 0;
-	int rc = market_snapshot(a->mk, s->snapshot_id, s->first, s->last, infos, s->n_agents, now,
-	                         &dropped);
+	bool ours = p && p->snap_open && p->snap_id == s->snapshot_id;
+	size_t n = 0, off = 0, skipped = 0;
+	for (size_t i = 0; i < s->n_agents; i++) {
+		const Ringbid__AgentUpdate *u = s->agents[i];
+		if (route_update(a, pid, u, now) == ROUTE_SKIP) {
+			skipped++;
+			continue;
+		}
+		agent_info(u, ps + off, &infos[n]);
+		off += u->n_program_scores;
+		applied[n++] = u;
+	}
+	// Not first, not last: the market applies the chunk and matches once, and drops nobody
+	// (dropping is done here, per instance).
+	int rc = market_snapshot(a->mk, s->snapshot_id, false, false, infos, n, now, NULL);
+	if (rc != RB_EINVAL) {
+		for (size_t i = 0; i < n; i++) {
+			home *h = note_applied(a, pid, applied[i]);
+			if (h && ours)
+				h->snap_gen = p->snap_gen;
+		}
+	}
 	free(infos);
 	free(ps);
+	free(applied);
 	if (rc != 0) {
 		refuse(a, AUCTION_LINK_PRESENCE, rc, NULL, 0, "AgentSnapshot %" PRIu64 ": %s",
 		       s->snapshot_id, rb_err_str(rc));
 		return;
 	}
+	size_t dropped = 0;
+	if (s->last && ours) {
+		dropped = release_instance(a, pid, p->snap_gen, now);
+		p->snap_open = false;
+	}
 	if (s->first || s->last)
-		rb_info("agent snapshot %" PRIu64 ": %s chunk, %zu agents", s->snapshot_id,
-		        s->first ? (s->last ? "single" : "first") : "last", s->n_agents);
+		rb_info("agent snapshot %" PRIu64 " of presence instance %" PRIu32
+		        ": %s chunk, %zu agents (%zu held by other instances)",
+		        s->snapshot_id, pid, s->first ? (s->last ? "single" : "first") : "last",
+		        s->n_agents, skipped);
 	if (dropped > 0)
-		rb_info("agent snapshot %" PRIu64 ": dropped %zu agents presence no longer has",
-		        s->snapshot_id, dropped);
+		rb_info("agent snapshot %" PRIu64 ": %zu agents presence instance %" PRIu32
+		        " no longer has left the market",
+		        s->snapshot_id, dropped, pid);
 }
 
 static void on_peer_error(auction_link_id link, const Ringbid__ErrorReply *er, bool token_ok)
@@ -492,15 +696,104 @@ void auction_free(auction *a)
 	if (!a)
 		return;
 	market_free(a->mk);
+	peer *p, *ptmp;
+	HASH_ITER(hh, a->peers, p, ptmp)
+	{
+		HASH_DEL(a->peers, p);
+		free(p);
+	}
+	home *h, *htmp;
+	HASH_ITER(hh, a->homes, h, htmp)
+	{
+		HASH_DEL(a->homes, h);
+		free(h);
+	}
 	free(a);
+}
+
+static peer *peer_find(const auction *a, uint32_t pipe)
+{
+	peer *p = NULL;
+	HASH_FIND(hh, a->peers, &pipe, sizeof pipe, p);
+	return p;
+}
+
+// The connection's entry, made when its first message comes before the news of its arrival.
+static peer *peer_get(auction *a, uint32_t pipe)
+{
+	peer *p = peer_find(a, pipe);
+	if (p)
+		return p;
+	p = calloc(1, sizeof *p);
+	if (!p)
+		return NULL;
+	p->pipe = pipe;
+	HASH_ADD(hh, a->peers, pipe, sizeof p->pipe, p);
+	a->npeers++;
+	return p;
+}
+
+// Another connection up now speaks for instance pid (an instance that reconnected before its
+// old connection's loss was announced).
+static bool instance_connected_elsewhere(const auction *a, const peer *gone)
+{
+	for (const peer *p = a->peers; p; p = p->hh.next)
+		if (p != gone && p->known && p->presence_id == gone->presence_id)
+			return true;
+	return false;
+}
+
+// Learns (or checks) the instance a presence connection speaks for. False: refused.
+static bool presence_identify(auction *a, peer *p, uint32_t presence_id)
+{
+	if (presence_id > AUCTION_PRESENCE_ID_MAX) {
+		refuse(a, AUCTION_LINK_PRESENCE, RB_EINVAL, NULL, 0,
+		       "presence_id %" PRIu32 " outside 0..%d", presence_id,
+		       AUCTION_PRESENCE_ID_MAX);
+		return false;
+	}
+	if (p->known && p->presence_id != presence_id) {
+		refuse(a, AUCTION_LINK_PRESENCE, RB_EINVAL, NULL, 0,
+		       "presence_id %" PRIu32 " on a connection of instance %" PRIu32, presence_id,
+		       p->presence_id);
+		return false;
+	}
+	if (!p->known) {
+		p->known = true;
+		p->presence_id = presence_id;
+		if (instance_connected_elsewhere(a, p))
+			rb_warn("presence instance %" PRIu32 " has two connections: two processes "
+			        "with one RINGBID_PRESENCE_ID, or a restart whose old connection "
+			        "is not gone yet",
+			        presence_id);
+		else
+			rb_info("presence connection %" PRIu32 " is instance %" PRIu32, p->pipe,
+			        presence_id);
+	}
+	return true;
 }
 
 void auction_receive(auction *a, auction_link_id link, const void *buf, size_t len)
 {
+	auction_receive_from(a, link, 0, buf, len);
+}
+
+void auction_receive_from(auction *a, auction_link_id link, uint32_t pipe, const void *buf,
+                          size_t len)
+{
+	a->cur = NULL;
+	if (link == AUCTION_LINK_PRESENCE) {
+		a->cur = peer_get(a, pipe);
+		if (!a->cur) {
+			rb_error("out of memory for a presence connection: message dropped");
+			return;
+		}
+	}
 	ProtobufCMessage *pm = NULL;
 	int rc = rb_pb_unpack(&ringbid__envelope__descriptor, buf, len, RB_PB_MAX_SERVICE, &pm);
 	if (rc != 0) {
 		refuse(a, link, rc, NULL, 0, "%zu bytes that are not an Envelope", len);
+		a->cur = NULL;
 		return;
 	}
 	Ringbid__Envelope *env = (Ringbid__Envelope *)pm;
@@ -521,35 +814,95 @@ void auction_receive(auction *a, auction_link_id link, const void *buf, size_t l
 		on_dequeue(a, env->dequeue);
 		a->from_broker = false;
 	} else if (link == AUCTION_LINK_PRESENCE && body == RINGBID__ENVELOPE__BODY_AGENT) {
-		on_agent(a, env->agent);
+		if (presence_identify(a, a->cur, env->presence_id))
+			on_agent(a, env->agent);
 	} else if (link == AUCTION_LINK_PRESENCE && body == RINGBID__ENVELOPE__BODY_SNAPSHOT) {
-		on_snapshot(a, env->snapshot);
+		if (presence_identify(a, a->cur, env->presence_id))
+			on_snapshot(a, env->snapshot);
 	} else {
 		refuse(a, link, RB_EINVAL, NULL, 0, "%s does not belong on this link",
 		       body_name(body));
 	}
 	rb_pb_free(pm);
+	a->cur = NULL;
 	update_gauges(a);
 }
 
 void auction_link_event(auction *a, auction_link_id link, bool up)
 {
-	bool *flag = link == AUCTION_LINK_PRESENCE ? &a->presence_up : &a->broker_up;
-	if (*flag != up)
-		rb_info("%s link %s", link_name(link), up ? "up" : "down");
-	*flag = up;
-	if (link == AUCTION_LINK_PRESENCE && up) {
-		Ringbid__SnapshotRequest req = RINGBID__SNAPSHOT_REQUEST__INIT;
-		Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
-		env.body_case = RINGBID__ENVELOPE__BODY_SNAPSHOT_REQUEST;
-		env.snapshot_request = &req;
-		send_envelope(a, AUCTION_LINK_PRESENCE, &env);
+	auction_peer_event(a, link, 0, up);
+}
+
+static void presence_up(auction *a, uint32_t pipe)
+{
+	peer *p = peer_get(a, pipe);
+	if (!p) {
+		rb_error("out of memory for a presence connection");
+		return;
 	}
+	rb_info("presence connection %" PRIu32 " up (%zu connected)", pipe, a->npeers);
+	Ringbid__SnapshotRequest req = RINGBID__SNAPSHOT_REQUEST__INIT;
+	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
+	env.body_case = RINGBID__ENVELOPE__BODY_SNAPSHOT_REQUEST;
+	env.snapshot_request = &req;
+	send_envelope_to(a, AUCTION_LINK_PRESENCE, pipe, &env);
+}
+
+static void presence_down(auction *a, uint32_t pipe)
+{
+	peer *p = peer_find(a, pipe);
+	if (!p)
+		return;
+	HASH_DEL(a->peers, p);
+	a->npeers--;
+	if (!p->known) {
+		rb_info("presence connection %" PRIu32 " down (%zu connected)", pipe, a->npeers);
+	} else if (instance_connected_elsewhere(a, p)) {
+		rb_info("presence connection %" PRIu32 " down; instance %" PRIu32
+		        " is connected again already",
+		        pipe, p->presence_id);
+	} else {
+		size_t n = release_instance(a, p->presence_id, 0, now_time());
+		metric_add(metrics.instance_lost, (double)n);
+		rb_warn("presence instance %" PRIu32 " gone: %zu agents left the market "
+		        "(%zu connections remain)",
+		        p->presence_id, n, a->npeers);
+	}
+	free(p);
+}
+
+void auction_peer_event(auction *a, auction_link_id link, uint32_t pipe, bool up)
+{
+	if (link == AUCTION_LINK_PRESENCE) {
+		if (up)
+			presence_up(a, pipe);
+		else
+			presence_down(a, pipe);
+	} else {
+		if (a->broker_up != up)
+			rb_info("broker link %s", up ? "up" : "down");
+		a->broker_up = up;
+	}
+	update_gauges(a);
 }
 
 bool auction_ready(const auction *a)
 {
-	return a->presence_up && a->broker_up;
+	return a->npeers > 0 && a->broker_up;
+}
+
+bool auction_agent_instance(const auction *a, uint64_t agent_id, uint32_t *presence_id)
+{
+	const home *h = home_find(a, agent_id);
+	if (!h || !h->held)
+		return false;
+	*presence_id = h->presence_id;
+	return true;
+}
+
+size_t auction_presence_peers(const auction *a)
+{
+	return a->npeers;
 }
 
 void auction_janitor(auction *a)

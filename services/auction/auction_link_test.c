@@ -28,6 +28,7 @@ typedef struct sent {
 typedef struct fixture {
 	auction *a;
 	sent out[256];
+	uint32_t pipes[256]; // the connection each message was addressed to (0: none named)
 	size_t nout;
 } fixture;
 
@@ -35,12 +36,14 @@ static int capture(void *arg, auction_link_id link, nng_msg *msg)
 {
 	fixture *f = arg;
 	ProtobufCMessage *pm = NULL;
+	int pipe_id = nng_pipe_id(nng_msg_get_pipe(msg));
+	assert_true(f->nout < 256);
+	f->pipes[f->nout] = pipe_id > 0 ? (uint32_t)pipe_id : 0;
 	assert_int_equal(
 	        rb_pb_unpack_msg(&ringbid__envelope__descriptor, msg, RB_PB_MAX_SERVICE, &pm), 0);
 	nng_msg_free(msg);
 	Ringbid__Envelope *env = (Ringbid__Envelope *)pm;
 	assert_string_equal(env->token, TOKEN);
-	assert_true(f->nout < 256);
 	f->out[f->nout++] = (sent){link, env};
 	return 0;
 }
@@ -302,7 +305,10 @@ static void test_snapshot_chunks(void **state)
 	deliver(f, AUCTION_LINK_PRESENCE, &env, TOKEN);
 	assert_int_equal(f->nout, 0);
 	market *m = auction_market(f->a);
-	assert_int_equal(market_agent_get(m, 1, NULL), MARKET_AGENT_UNKNOWN);
+	// Agent 1, held by this instance and not in its snapshot, left the market.
+	assert_int_equal(market_agent_get(m, 1, NULL), MARKET_AGENT_AWAY);
+	uint32_t pid = 99;
+	assert_false(auction_agent_instance(f->a, 1, &pid));
 	assert_int_equal(market_agent_get(m, 2, NULL), MARKET_AGENT_INDEXED);
 	assert_int_equal(market_agent_get(m, 3, NULL), MARKET_AGENT_AWAY);
 	send_enqueue(f, "c1", "sales", NULL, 0, NULL, 0, TOKEN);
@@ -552,6 +558,251 @@ static void test_janitor_updates_gauges(void **state)
 	assert_int_equal(f->nout, 0);
 }
 
+// --- several presence instances, one connection each ------------------------------------------
+
+static void agent_from(fixture *f, uint32_t pipe, uint32_t pid, uint64_t id, bool avail,
+                       double score, uint64_t seq)
+{
+	Ringbid__AgentUpdate u = RINGBID__AGENT_UPDATE__INIT;
+	u.agent_id = id;
+	u.available = avail;
+	u.score = score;
+	u.state_seq = seq;
+	u.available_since_us = 1000 + id;
+	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
+	env.body_case = RINGBID__ENVELOPE__BODY_AGENT;
+	env.agent = &u;
+	env.presence_id = pid;
+	env.token = TOKEN;
+	size_t n = protobuf_c_message_get_packed_size(&env.base);
+	uint8_t *buf = malloc(n ? n : 1);
+	assert_non_null(buf);
+	protobuf_c_message_pack(&env.base, buf);
+	auction_receive_from(f->a, AUCTION_LINK_PRESENCE, pipe, buf, n);
+	free(buf);
+}
+
+// A whole snapshot of one instance in one chunk.
+static void snapshot_from(fixture *f, uint32_t pipe, uint32_t pid, uint64_t snap_id,
+                          Ringbid__AgentUpdate **agents, size_t n)
+{
+	Ringbid__AgentSnapshot s = RINGBID__AGENT_SNAPSHOT__INIT;
+	s.snapshot_id = snap_id;
+	s.first = true;
+	s.last = true;
+	s.agents = agents;
+	s.n_agents = n;
+	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
+	env.body_case = RINGBID__ENVELOPE__BODY_SNAPSHOT;
+	env.snapshot = &s;
+	env.presence_id = pid;
+	env.token = TOKEN;
+	size_t len = protobuf_c_message_get_packed_size(&env.base);
+	uint8_t *buf = malloc(len ? len : 1);
+	assert_non_null(buf);
+	protobuf_c_message_pack(&env.base, buf);
+	auction_receive_from(f->a, AUCTION_LINK_PRESENCE, pipe, buf, len);
+	free(buf);
+}
+
+static uint32_t instance_of(fixture *f, uint64_t agent)
+{
+	uint32_t pid = 999;
+	if (!auction_agent_instance(f->a, agent, &pid))
+		return 999;
+	return pid;
+}
+
+static void two_instances_up(fixture *f)
+{
+	auction_link_event(f->a, AUCTION_LINK_BROKER, true);
+	auction_peer_event(f->a, AUCTION_LINK_PRESENCE, 11, true);
+	auction_peer_event(f->a, AUCTION_LINK_PRESENCE, 12, true);
+	// Each connection is asked for its own snapshot, on that connection only.
+	assert_int_equal(f->nout, 2);
+	for (size_t i = 0; i < 2; i++) {
+		assert_int_equal(f->out[i].link, AUCTION_LINK_PRESENCE);
+		assert_int_equal(f->out[i].env->body_case,
+		                 RINGBID__ENVELOPE__BODY_SNAPSHOT_REQUEST);
+	}
+	assert_int_equal(f->pipes[0], 11);
+	assert_int_equal(f->pipes[1], 12);
+	assert_int_equal(auction_presence_peers(f->a), 2);
+	clear_out(f);
+}
+
+static void test_match_names_the_instance(void **state)
+{
+	fixture *f = *state;
+	two_instances_up(f);
+	// The best agent on instance 1, the second best on instance 0.
+	agent_from(f, 11, 0, 20, true, 60, 1);
+	agent_from(f, 12, 1, 21, true, 90, 1);
+	assert_int_equal(instance_of(f, 20), 0);
+	assert_int_equal(instance_of(f, 21), 1);
+	send_enqueue(f, "m1", "p", NULL, 0, NULL, 0, TOKEN);
+	assert_int_equal(f->nout, 1);
+	assert_int_equal(f->out[0].env->match->agent_id, 21);
+	assert_int_equal(f->out[0].env->match->presence_id, 1);
+	clear_out(f);
+	send_enqueue(f, "m2", "p", NULL, 0, NULL, 0, TOKEN);
+	assert_int_equal(f->nout, 1);
+	assert_int_equal(f->out[0].env->match->agent_id, 20);
+	assert_int_equal(f->out[0].env->match->presence_id, 0);
+}
+
+static void test_instance_roster_view_ignored(void **state)
+{
+	fixture *f = *state;
+	two_instances_up(f);
+	market *m = auction_market(f->a);
+	agent_from(f, 12, 1, 30, true, 70, 5);
+	// Instance 0 has the same roster and reports agent 30 not available there: that is
+	// not news about the agent, whose session is on instance 1.
+	agent_from(f, 11, 0, 30, false, 70, 1);
+	assert_int_equal(f->nout, 0);
+	assert_int_equal(market_agent_get(m, 30, NULL), MARKET_AGENT_INDEXED);
+	assert_int_equal(instance_of(f, 30), 1);
+	// Instance 0's snapshot, which lists agent 30 as not available, changes nothing of it.
+	Ringbid__AgentUpdate u = RINGBID__AGENT_UPDATE__INIT;
+	u.agent_id = 30;
+	u.score = 70;
+	u.state_seq = 1;
+	Ringbid__AgentUpdate *v[] = {&u};
+	snapshot_from(f, 11, 0, 1, v, 1);
+	assert_int_equal(f->nout, 0);
+	assert_int_equal(market_agent_get(m, 30, NULL), MARKET_AGENT_INDEXED);
+	// Its own instance says it is not available any more: that counts.
+	agent_from(f, 12, 1, 30, false, 70, 6);
+	assert_int_equal(market_agent_get(m, 30, NULL), MARKET_AGENT_AWAY);
+	assert_int_equal(instance_of(f, 30), 1);
+}
+
+static void test_agent_moves_between_instances(void **state)
+{
+	fixture *f = *state;
+	two_instances_up(f);
+	market *m = auction_market(f->a);
+	double moves = metric("ringbid_auction_agent_moves_total");
+	agent_from(f, 11, 0, 40, true, 50, 7);
+	send_enqueue(f, "v1", "p", NULL, 0, NULL, 0, TOKEN);
+	assert_int_equal(f->nout, 1);
+	assert_int_equal(f->out[0].env->match->presence_id, 0);
+	clear_out(f);
+	const char *res = NULL;
+	assert_int_equal(market_agent_get(m, 40, &res), MARKET_AGENT_RESERVED);
+	// The agent logs in on instance 1 (its counters begin again; the seq even equals the
+	// one of its reservation): the newest report wins, the reservation on instance 0 ends.
+	agent_from(f, 12, 1, 40, true, 50, 7);
+	assert_int_equal(instance_of(f, 40), 1);
+	assert_true(metric("ringbid_auction_agent_moves_total") == moves + 1);
+	assert_int_equal(market_agent_get(m, 40, NULL), MARKET_AGENT_INDEXED);
+	// Instance 0 then notices the old session is gone: too late to count.
+	agent_from(f, 11, 0, 40, false, 50, 8);
+	assert_int_equal(market_agent_get(m, 40, NULL), MARKET_AGENT_INDEXED);
+	// The broker re-enqueues v1 after the lost offer: it goes to the agent on instance 1.
+	send_enqueue(f, "v1", "p", NULL, 0, NULL, 0, TOKEN);
+	assert_int_equal(f->nout, 1);
+	assert_int_equal(f->out[0].env->match->agent_id, 40);
+	assert_int_equal(f->out[0].env->match->presence_id, 1);
+	assert_false(f->out[0].env->match->decision == NULL);
+}
+
+static void test_snapshot_replaces_one_instance(void **state)
+{
+	fixture *f = *state;
+	two_instances_up(f);
+	market *m = auction_market(f->a);
+	agent_from(f, 11, 0, 50, true, 50, 1);
+	agent_from(f, 11, 0, 51, true, 50, 1);
+	agent_from(f, 12, 1, 52, true, 50, 1);
+	// Instance 0's snapshot has 50 only: 51 leaves, 52 (instance 1's) stays.
+	Ringbid__AgentUpdate u = RINGBID__AGENT_UPDATE__INIT;
+	u.agent_id = 50;
+	u.available = true;
+	u.score = 50;
+	u.state_seq = 1;
+	Ringbid__AgentUpdate *v[] = {&u};
+	snapshot_from(f, 11, 0, 9, v, 1);
+	assert_int_equal(f->nout, 0);
+	assert_int_equal(market_agent_get(m, 50, NULL), MARKET_AGENT_INDEXED);
+	assert_int_equal(market_agent_get(m, 51, NULL), MARKET_AGENT_AWAY);
+	assert_int_equal(market_agent_get(m, 52, NULL), MARKET_AGENT_INDEXED);
+	assert_int_equal(instance_of(f, 51), 999);
+	assert_int_equal(instance_of(f, 52), 1);
+}
+
+static void test_instance_lost(void **state)
+{
+	fixture *f = *state;
+	two_instances_up(f);
+	market *m = auction_market(f->a);
+	agent_from(f, 11, 0, 60, true, 5, 1);
+	agent_from(f, 12, 1, 61, true, 10, 1);
+	agent_from(f, 12, 1, 62, true, 20, 1);
+	send_enqueue(f, "l1", "p", NULL, 0, NULL, 0, TOKEN);
+	assert_int_equal(f->out[0].env->match->agent_id, 62);
+	clear_out(f);
+	// Instance 1 goes: its agents leave, the reserved one too; instance 0's stay.
+	auction_peer_event(f->a, AUCTION_LINK_PRESENCE, 12, false);
+	assert_int_equal(auction_presence_peers(f->a), 1);
+	assert_true(auction_ready(f->a));
+	assert_int_equal(market_agent_get(m, 61, NULL), MARKET_AGENT_AWAY);
+	assert_int_equal(market_agent_get(m, 62, NULL), MARKET_AGENT_AWAY);
+	assert_int_equal(market_agent_get(m, 60, NULL), MARKET_AGENT_INDEXED);
+	// The broker's offer to 62 was lost: the call goes to instance 0's agent.
+	send_enqueue(f, "l1", "p", NULL, 0, NULL, 0, TOKEN);
+	assert_int_equal(f->nout, 1);
+	assert_int_equal(f->out[0].env->match->agent_id, 60);
+	assert_int_equal(f->out[0].env->match->presence_id, 0);
+	clear_out(f);
+	// It comes back on a new connection with its sessions: its agents are matched again.
+	auction_peer_event(f->a, AUCTION_LINK_PRESENCE, 13, true);
+	clear_out(f);
+	agent_from(f, 13, 1, 61, true, 10, 1);
+	assert_int_equal(instance_of(f, 61), 1);
+	assert_int_equal(market_agent_get(m, 61, NULL), MARKET_AGENT_INDEXED);
+	// The last presence connection goes: not ready.
+	auction_peer_event(f->a, AUCTION_LINK_PRESENCE, 11, false);
+	auction_peer_event(f->a, AUCTION_LINK_PRESENCE, 13, false);
+	assert_false(auction_ready(f->a));
+	assert_int_equal(market_agent_get(m, 61, NULL), MARKET_AGENT_AWAY);
+}
+
+static void test_instance_restart_overlap(void **state)
+{
+	fixture *f = *state;
+	two_instances_up(f);
+	market *m = auction_market(f->a);
+	agent_from(f, 12, 1, 70, true, 50, 1);
+	// Instance 1 restarted; its new connection speaks before the old one's loss is told.
+	auction_peer_event(f->a, AUCTION_LINK_PRESENCE, 14, true);
+	clear_out(f);
+	agent_from(f, 14, 1, 70, true, 50, 2);
+	auction_peer_event(f->a, AUCTION_LINK_PRESENCE, 12, false);
+	assert_int_equal(market_agent_get(m, 70, NULL), MARKET_AGENT_INDEXED);
+	assert_int_equal(instance_of(f, 70), 1);
+}
+
+static void test_presence_id_checked(void **state)
+{
+	fixture *f = *state;
+	two_instances_up(f);
+	market *m = auction_market(f->a);
+	agent_from(f, 11, 64, 80, true, 50, 1);
+	assert_int_equal(f->nout, 1);
+	assert_int_equal(f->pipes[0], 11);
+	expect_error(f, AUCTION_LINK_PRESENCE, RB_EINVAL);
+	assert_int_equal(market_agent_get(m, 80, NULL), MARKET_AGENT_UNKNOWN);
+	agent_from(f, 11, 0, 80, true, 50, 1);
+	assert_int_equal(f->nout, 0);
+	// A connection speaks for one instance only.
+	agent_from(f, 11, 3, 81, true, 50, 1);
+	assert_int_equal(f->pipes[0], 11);
+	expect_error(f, AUCTION_LINK_PRESENCE, RB_EINVAL);
+	assert_int_equal(market_agent_get(m, 81, NULL), MARKET_AGENT_UNKNOWN);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -562,6 +813,15 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_bad_input_refused, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_exploration_on_the_wire, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_janitor_updates_gauges, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_match_names_the_instance, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_instance_roster_view_ignored, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_agent_moves_between_instances, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_snapshot_replaces_one_instance, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(test_instance_lost, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_instance_restart_overlap, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_presence_id_checked, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

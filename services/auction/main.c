@@ -15,7 +15,8 @@ static const char usage[] =
         "\n"
         "Matches every waiting call to the best available eligible agent and tells the broker.\n"
         "Its state is soft: it is rebuilt from presence's agent snapshot and the broker's\n"
-        "waiting calls whenever a link comes up.\n"
+        "waiting calls whenever a link comes up. Several presence instances may connect at\n"
+        "once, each holding some agents' sessions.\n"
         "\n"
         "Environment (also read from $RINGBID_HOME/env):\n"
         "  RINGBID_AUCTION_URL         listen for presence (default tcp://127.0.0.1:<base+4>)\n"
@@ -28,7 +29,7 @@ static const char usage[] =
 typedef struct server {
 	rb_svc svc;
 	auction *auction;
-	rb_bus *presence; // listens: presence dials in
+	rb_bus *presence; // listens: every presence instance dials in (polyamorous)
 	rb_bus *broker;   // dials the broker
 } server;
 
@@ -46,18 +47,25 @@ static int send_on_link(void *arg, auction_link_id link, nng_msg *msg)
 static void on_recv(rb_bus *bus, nng_msg *msg, void *arg)
 {
 	server *s = arg;
-	auction_link_id link = bus == s->presence ? AUCTION_LINK_PRESENCE : AUCTION_LINK_BROKER;
-	auction_receive(s->auction, link, nng_msg_body(msg), nng_msg_len(msg));
+	if (bus == s->presence) {
+		uint32_t pipe = (uint32_t)nng_pipe_id(nng_msg_get_pipe(msg));
+		auction_receive_from(s->auction, AUCTION_LINK_PRESENCE, pipe, nng_msg_body(msg),
+		                     nng_msg_len(msg));
+	} else {
+		auction_receive(s->auction, AUCTION_LINK_BROKER, nng_msg_body(msg),
+		                nng_msg_len(msg));
+	}
 	nng_msg_free(msg);
 }
 
 static void on_pipe(rb_bus *bus, nng_pipe pipe, bool added, void *arg)
 {
-	(void)pipe;
-	(void)added;
 	server *s = arg;
-	auction_link_id link = bus == s->presence ? AUCTION_LINK_PRESENCE : AUCTION_LINK_BROKER;
-	auction_link_event(s->auction, link, rb_bus_peers(bus) > 0);
+	if (bus == s->presence)
+		auction_peer_event(s->auction, AUCTION_LINK_PRESENCE, (uint32_t)nng_pipe_id(pipe),
+		                   added);
+	else
+		auction_link_event(s->auction, AUCTION_LINK_BROKER, rb_bus_peers(bus) > 0);
 	rb_http_set_ready(s->svc.http, auction_ready(s->auction));
 }
 
@@ -81,13 +89,13 @@ static void on_stop(rb_svc *svc, void *arg)
 	rb_svc_close_handles(svc);
 }
 
-static int open_bus(server *s, const char *name, rb_bus **out)
+static int open_bus(server *s, const char *name, rb_bus_kind kind, rb_bus **out)
 {
 	rb_bus_opts o = {
 	        .recv_max = RB_PB_MAX_SERVICE,
 	        .name = name,
 	};
-	int rc = rb_bus_new(&s->svc.loop, RB_BUS_PAIR, &o, out);
+	int rc = rb_bus_new(&s->svc.loop, kind, &o, out);
 	if (rc != 0) {
 		rb_error("cannot open the %s socket: %s", name, rb_err_str(rc));
 		return rc;
@@ -124,8 +132,8 @@ int main(int argc, char **argv)
 		rb_error("cannot create the auction: %s", rb_err_str(rc));
 		goto fail;
 	}
-	if ((rc = open_bus(&s, "auction-presence", &s.presence)) != 0 ||
-	    (rc = open_bus(&s, "auction-broker", &s.broker)) != 0)
+	if ((rc = open_bus(&s, "auction-presence", RB_BUS_PAIR_POLY, &s.presence)) != 0 ||
+	    (rc = open_bus(&s, "auction-broker", RB_BUS_PAIR, &s.broker)) != 0)
 		goto fail;
 	rc = rb_bus_listen(s.presence, presence_url);
 	if (rc != 0) {

@@ -5,6 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uthash.h>
+
+#include "presence_link.h"
+#include "rb_config.h"
 
 #include "rb_err.h"
 #include "rb_log.h"
@@ -168,7 +172,8 @@ static void auction_recv(rb_bus *bus, nng_msg *msg, void *arg)
 	}
 	switch (env->body_case) {
 	case RINGBID__ENVELOPE__BODY_MATCH:
-		on_match(b, env->match);
+		if (broker_presence_match(b, env->match))
+			on_match(b, env->match);
 		break;
 	case RINGBID__ENVELOPE__BODY_ERROR:
 		peer_error(BROKER_LINK_AUCTION, env->error);
@@ -193,8 +198,331 @@ static void auction_pipe(rb_bus *bus, nng_pipe pipe, bool added, void *arg)
 }
 
 // --- presence -----------------------------------------------------------------------------
+// Several presence instances may connect, each holding some agents' sessions. Each Envelope
+// from presence names its instance; offers and call changes go to the instance holding the
+// agent only, so that no instance ever hears of another's offers.
 
-static void send_call_sync(broker *b)
+typedef struct presence_conn {
+	uint32_t pipe;
+	bool known; // presence_id is set
+	uint32_t presence_id;
+	uint64_t order; // when it was identified: the newest connection of an instance wins
+	bool have_stats;
+	uint32_t agents[BROKER_CALL_NSTATES];
+	UT_hash_handle hh;
+} presence_conn;
+
+typedef struct agent_home {
+	uint64_t agent_id;
+	uint32_t presence_id;
+	UT_hash_handle hh;
+} agent_home;
+
+static struct {
+	presence_conn *conns;
+	agent_home *agents;
+	uint32_t instances;
+	uint32_t cur_pipe;   // the connection whose message is being handled (its refusals)
+	uint64_t identified; // connections identified so far
+} peers = {.instances = 1};
+
+void broker_presence_fini(void)
+{
+	presence_conn *c, *ctmp;
+	HASH_ITER(hh, peers.conns, c, ctmp)
+	{
+		HASH_DEL(peers.conns, c);
+		free(c);
+	}
+	agent_home *h, *htmp;
+	HASH_ITER(hh, peers.agents, h, htmp)
+	{
+		HASH_DEL(peers.agents, h);
+		free(h);
+	}
+	peers.cur_pipe = 0;
+}
+
+void broker_presence_reset(uint32_t instances)
+{
+	broker_presence_fini();
+	peers.instances = instances == 0 ? 1 : instances;
+}
+
+static presence_conn *conn_find(uint32_t pipe)
+{
+	presence_conn *c = NULL;
+	HASH_FIND(hh, peers.conns, &pipe, sizeof(pipe), c);
+	return c;
+}
+
+int broker_presence_heard(uint32_t pipe, uint32_t presence_id)
+{
+	if (presence_id > BROKER_PRESENCE_ID_MAX)
+		return RB_EINVAL;
+	presence_conn *c = conn_find(pipe);
+	if (c != NULL && c->known)
+		return c->presence_id == presence_id ? 0 : RB_EINVAL;
+	if (c == NULL) {
+		c = calloc(1, sizeof(*c));
+		if (c == NULL)
+			return RB_ENOMEM;
+		c->pipe = pipe;
+		HASH_ADD(hh, peers.conns, pipe, sizeof(c->pipe), c);
+	}
+	c->known = true;
+	c->presence_id = presence_id;
+	c->order = ++peers.identified;
+	return 1;
+}
+
+void broker_presence_gone(uint32_t pipe)
+{
+	presence_conn *c = conn_find(pipe);
+	if (c == NULL)
+		return;
+	HASH_DEL(peers.conns, c);
+	free(c);
+}
+
+uint32_t broker_presence_pipe_of(uint32_t presence_id)
+{
+	// The newest connection wins: an instance that restarted may be heard on its new
+	// connection before the loss of its old one is announced.
+	const presence_conn *best = NULL;
+	for (presence_conn *c = peers.conns; c != NULL; c = c->hh.next)
+		if (c->known && c->presence_id == presence_id && (!best || c->order > best->order))
+			best = c;
+	return best ? best->pipe : 0;
+}
+
+bool broker_presence_instance_of(uint32_t pipe, uint32_t *presence_id)
+{
+	presence_conn *c = conn_find(pipe);
+	if (c == NULL || !c->known)
+		return false;
+	*presence_id = c->presence_id;
+	return true;
+}
+
+void broker_presence_agent_at(uint64_t agent_id, uint32_t presence_id, bool sure)
+{
+	if (agent_id == 0 || presence_id > BROKER_PRESENCE_ID_MAX)
+		return;
+	agent_home *h = NULL;
+	HASH_FIND(hh, peers.agents, &agent_id, sizeof(agent_id), h);
+	if (h != NULL) {
+		if (sure)
+			h->presence_id = presence_id;
+		return;
+	}
+	h = calloc(1, sizeof(*h));
+	if (h == NULL) {
+		rb_logf(RB_LOG_ERROR, NULL, agent_id, "presence link: out of memory for the agent");
+		return;
+	}
+	h->agent_id = agent_id;
+	h->presence_id = presence_id;
+	HASH_ADD(hh, peers.agents, agent_id, sizeof(h->agent_id), h);
+}
+
+bool broker_presence_agent_instance(uint64_t agent_id, uint32_t *presence_id)
+{
+	agent_home *h = NULL;
+	HASH_FIND(hh, peers.agents, &agent_id, sizeof(agent_id), h);
+	if (h != NULL) {
+		*presence_id = h->presence_id;
+		return true;
+	}
+	if (peers.instances <= 1) {
+		*presence_id = 0;
+		return true;
+	}
+	return false;
+}
+
+size_t broker_presence_targets(uint64_t agent_id, uint32_t *pipes, size_t max)
+{
+	uint32_t pid;
+	if (broker_presence_agent_instance(agent_id, &pid)) {
+		uint32_t pipe = broker_presence_pipe_of(pid);
+		if (pipe == 0 || max == 0)
+			return 0;
+		pipes[0] = pipe;
+		return 1;
+	}
+	size_t n = 0;
+	for (presence_conn *c = peers.conns; c != NULL && n < max; c = c->hh.next)
+		if (c->known)
+			pipes[n++] = c->pipe;
+	return n;
+}
+
+void broker_presence_stats(uint32_t pipe, const uint32_t *counts, size_t n)
+{
+	presence_conn *c = conn_find(pipe);
+	if (c == NULL)
+		return;
+	memset(c->agents, 0, sizeof(c->agents));
+	for (size_t i = 0; i < n && i < BROKER_CALL_NSTATES; i++)
+		c->agents[i] = counts[i];
+	c->have_stats = true;
+}
+
+bool broker_presence_stats_sum(uint32_t *out, size_t n)
+{
+	bool any = false;
+	memset(out, 0, n * sizeof(*out));
+	for (presence_conn *c = peers.conns; c != NULL; c = c->hh.next) {
+		if (!c->have_stats)
+			continue;
+		any = true;
+		for (size_t i = 0; i < n && i < BROKER_CALL_NSTATES; i++)
+			out[i] = c->agents[i] > UINT32_MAX - out[i] ? UINT32_MAX
+			                                            : out[i] + c->agents[i];
+	}
+	return any;
+}
+
+static const char *body_name(Ringbid__Envelope__BodyCase body)
+{
+	switch (body) {
+	case RINGBID__ENVELOPE__BODY_OFFER:
+		return "Offer";
+	case RINGBID__ENVELOPE__BODY_OFFER_CANCEL:
+		return "OfferCancel";
+	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
+		return "CallEnded";
+	case RINGBID__ENVELOPE__BODY_CALL_SYNC:
+		return "CallSync";
+	default:
+		return "an answer";
+	}
+}
+
+// A message for one more connection, held like broker_send's until the journal has what
+// caused it.
+typedef struct presence_gated {
+	broker *b;
+	nng_msg *msg;
+} presence_gated;
+
+static void presence_gated_done(int err, void *arg)
+{
+	presence_gated *g = arg;
+	if (err == 0 && g->b->presence != NULL)
+		rb_bus_send(g->b->presence, g->msg);
+	else
+		nng_msg_free(g->msg);
+	free(g);
+}
+
+static void send_to_pipe(broker *b, nng_msg *msg, uint32_t pipe, bool gated)
+{
+	nng_pipe p = NNG_PIPE_INITIALIZER;
+	p.id = pipe;
+	nng_msg_set_pipe(msg, p);
+	if (!gated) {
+		rb_bus_send(b->presence, msg);
+		return;
+	}
+	presence_gated *g = malloc(sizeof(*g));
+	if (g == NULL) {
+		nng_msg_free(msg);
+		return;
+	}
+	g->b = b;
+	g->msg = msg;
+	if (broker_journal_after(b->journal, presence_gated_done, g) != 0) {
+		nng_msg_free(msg);
+		free(g);
+	}
+}
+
+int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg, bool gated)
+{
+	uint32_t pipes[BROKER_PRESENCE_INSTANCES];
+	size_t n = 0;
+	uint64_t agent_id = 0;
+	switch (env->body_case) {
+	case RINGBID__ENVELOPE__BODY_OFFER:
+		agent_id = env->offer->agent_id;
+		break;
+	case RINGBID__ENVELOPE__BODY_OFFER_CANCEL:
+		agent_id = env->offer_cancel->agent_id;
+		break;
+	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
+		agent_id = env->call_ended->agent_id;
+		break;
+	default:
+		// Answers (refusals) go back to the connection whose message is being handled.
+		if (peers.cur_pipe != 0)
+			pipes[n++] = peers.cur_pipe;
+		break;
+	}
+	if (agent_id != 0) {
+		n = broker_presence_targets(agent_id, pipes, BROKER_PRESENCE_INSTANCES);
+		// Never an offer to more than one instance: it would reach no agent or two.
+		if (n > 1 && env->body_case == RINGBID__ENVELOPE__BODY_OFFER)
+			n = 0;
+	}
+	if (n == 0) {
+		uint32_t pid = 0;
+		if (agent_id != 0 && broker_presence_agent_instance(agent_id, &pid))
+			rb_logf(RB_LOG_WARN, NULL, agent_id,
+			        "presence link: instance %u of the agent is not connected: %s "
+			        "dropped",
+			        pid, body_name(env->body_case));
+		else
+			rb_logf(RB_LOG_WARN, NULL, agent_id,
+			        "presence link: no presence instance for %s: dropped",
+			        body_name(env->body_case));
+		nng_msg_free(msg);
+		return 1;
+	}
+	for (size_t i = 1; i < n; i++) {
+		nng_msg *copy = NULL;
+		if (nng_msg_dup(&copy, msg) != 0) {
+			rb_logf(RB_LOG_ERROR, NULL, agent_id, "presence link: out of memory");
+			continue;
+		}
+		send_to_pipe(b, copy, pipes[i], gated);
+	}
+	nng_pipe p = NNG_PIPE_INITIALIZER;
+	p.id = pipes[0];
+	nng_msg_set_pipe(msg, p);
+	return 0;
+}
+
+bool broker_presence_match(broker *b, const Ringbid__Match *m)
+{
+	if (m->agent_id == 0 || !rb_valid_id(m->call_id, BROKER_ID_MAX))
+		return true; // on_match refuses it
+	if (m->presence_id > BROKER_PRESENCE_ID_MAX) {
+		refuse(b, BROKER_LINK_AUCTION, m->call_id, m->agent_id, RB_EINVAL,
+		       "Match with a presence_id outside 0..63");
+		broker_send_dequeue(b, m->call_id, m->agent_id);
+		return false;
+	}
+	broker_presence_agent_at(m->agent_id, m->presence_id, true);
+	if (broker_presence_pipe_of(m->presence_id) != 0)
+		return true;
+	broker_call *c = broker_book_find(&b->book, m->call_id);
+	if (c == NULL || c->state != BROKER_CALL_QUEUED)
+		return true; // on_match releases the agent
+	// The auction has not yet heard that the instance left (or it never connected here).
+	// No offer is made: the agent is released and the call keeps its place in line; the
+	// janitor enqueues it again within a second, by when the auction has let the instance's
+	// agents go.
+	rb_logf(RB_LOG_WARN, m->call_id, m->agent_id,
+	        "match for an agent on presence instance %u, which is not connected: agent "
+	        "released, the call waits",
+	        m->presence_id);
+	broker_send_dequeue(b, m->call_id, m->agent_id);
+	return false;
+}
+
+static void send_call_sync_to(broker *b, uint32_t presence_id, uint32_t pipe)
 {
 	size_t total = b->book.count[BROKER_CALL_OFFERED] + b->book.count[BROKER_CALL_CONNECTED];
 	size_t cap = total < BROKER_SYNC_CHUNK ? total : BROKER_SYNC_CHUNK;
@@ -206,12 +534,23 @@ static void send_call_sync(broker *b)
 		rb_logf(RB_LOG_ERROR, NULL, 0, "presence link: out of memory for CallSync");
 		return;
 	}
-	size_t n = 0, sent = 0;
+	size_t n = 0, sent = 0, unknown = 0;
 	broker_call *c = b->book.by_agent;
-	// At least one message, so presence always hears the broker's picture, empty or not.
+	// At least one message, so the instance always hears the broker's picture, empty or not.
 	do {
 		n = 0;
 		for (; c != NULL && n < cap; c = c->hh_agent.next) {
+			uint32_t at;
+			bool known = broker_presence_agent_instance(c->agent_id, &at);
+			// Only this instance's calls: another instance would take an offer it does
+			// not know for lost, and the call could then reach two agents. A call whose
+			// instance is not known (a broker restart with several instances) goes to
+			// nobody until an instance speaks of its agent: its offer ends by the
+			// broker's own timer; a connected call ends when either side hangs up.
+			if (!known)
+				unknown++;
+			if (!known || at != presence_id)
+				continue;
 			broker_limits lim;
 			broker_programs_limits(&b->programs, c->program, &lim);
 			Ringbid__AgentCall *ac = &calls[n];
@@ -231,12 +570,20 @@ static void send_call_sync(broker *b)
 		Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
 		env.body_case = RINGBID__ENVELOPE__BODY_CALL_SYNC;
 		env.call_sync = &cs;
-		broker_send(b, BROKER_LINK_PRESENCE, &env);
+		env.token = b->svc.token;
+		nng_msg *msg = NULL;
+		int rc = rb_pb_pack(&env.base, RB_PB_MAX_SERVICE, &msg);
+		if (rc != 0)
+			rb_logf(RB_LOG_ERROR, NULL, 0, "cannot pack CallSync: %s", rb_err_str(rc));
+		else
+			send_to_pipe(b, msg, pipe, true);
 		sent += n;
 	} while (c != NULL);
 	free(calls);
 	free(ptrs);
-	rb_logf(RB_LOG_INFO, NULL, 0, "presence link up: %zu calls at agents synchronised", sent);
+	rb_logf(RB_LOG_INFO, NULL, 0,
+	        "presence instance %u up: %zu calls at its agents synchronised%s", presence_id,
+	        sent, unknown ? " (calls at agents of unknown instance left out)" : "");
 }
 
 static void on_offer_result(broker *b, const Ringbid__OfferResult *r)
@@ -359,26 +706,55 @@ static void on_stats(broker *b, const Ringbid__PresenceStats *s)
 		uint32_t *slot = &agents[ac->state];
 		*slot = ac->count > UINT32_MAX - *slot ? UINT32_MAX : *slot + ac->count;
 	}
-	memcpy(b->agents, agents, sizeof(agents));
-	b->have_agents = true;
+	// Agents by state for the KPIs: the sum of every instance's latest figures.
+	broker_presence_stats(peers.cur_pipe, agents, BROKER_CALL_NSTATES);
+	b->have_agents = broker_presence_stats_sum(b->agents, BROKER_CALL_NSTATES);
+}
+
+// Learns the instance of the connection from the Envelope; its first word is when it gets
+// its CallSync. False: refused.
+static bool presence_identify(broker *b, uint32_t pipe, uint32_t presence_id)
+{
+	int rc = broker_presence_heard(pipe, presence_id);
+	if (rc == 1) {
+		rb_logf(RB_LOG_INFO, NULL, 0, "presence connection %u is instance %u", pipe,
+		        presence_id);
+		send_call_sync_to(b, presence_id, pipe);
+		return true;
+	}
+	if (rc == 0)
+		return true;
+	if (rc == RB_EINVAL)
+		refuse(b, BROKER_LINK_PRESENCE, NULL, 0, RB_EINVAL,
+		       "presence_id outside 0..63 or not the instance this connection spoke for");
+	else
+		rb_logf(RB_LOG_ERROR, NULL, 0, "presence link: %s", rb_err_str(rc));
+	return false;
 }
 
 static void presence_recv(rb_bus *bus, nng_msg *msg, void *arg)
 {
 	broker *b = arg;
 	(void)bus;
+	peers.cur_pipe = (uint32_t)nng_pipe_id(nng_msg_get_pipe(msg));
 	Ringbid__Envelope *env = open_envelope(b, BROKER_LINK_PRESENCE, msg);
-	if (env == NULL)
+	if (env == NULL) {
+		peers.cur_pipe = 0;
 		return;
-	if (b->stopping) {
+	}
+	if (b->stopping || (env->body_case != RINGBID__ENVELOPE__BODY_ERROR &&
+	                    !presence_identify(b, peers.cur_pipe, env->presence_id))) {
 		rb_pb_free(&env->base);
+		peers.cur_pipe = 0;
 		return;
 	}
 	switch (env->body_case) {
 	case RINGBID__ENVELOPE__BODY_OFFER_RESULT:
+		broker_presence_agent_at(env->offer_result->agent_id, env->presence_id, false);
 		on_offer_result(b, env->offer_result);
 		break;
 	case RINGBID__ENVELOPE__BODY_AGENT_HANGUP:
+		broker_presence_agent_at(env->agent_hangup->agent_id, env->presence_id, false);
 		on_agent_hangup(b, env->agent_hangup);
 		break;
 	case RINGBID__ENVELOPE__BODY_PRESENCE_STATS:
@@ -393,31 +769,40 @@ static void presence_recv(rb_bus *bus, nng_msg *msg, void *arg)
 		break;
 	}
 	rb_pb_free(&env->base);
+	peers.cur_pipe = 0;
 }
 
 static void presence_pipe(rb_bus *bus, nng_pipe pipe, bool added, void *arg)
 {
 	broker *b = arg;
 	(void)bus;
-	(void)pipe;
-	if (added && !b->stopping) {
-		send_call_sync(b);
-	} else if (!added) {
-		b->have_agents = false;
-		rb_logf(RB_LOG_WARN, NULL, 0, "presence link down");
+	uint32_t id = (uint32_t)nng_pipe_id(pipe);
+	if (added) {
+		// Its CallSync waits for its first Envelope, which says which instance it is
+		// (presence sends its stats as soon as it connects).
+		rb_logf(RB_LOG_INFO, NULL, 0, "presence connection %u up", id);
+		return;
 	}
+	uint32_t pid = 0;
+	bool known = broker_presence_instance_of(id, &pid);
+	broker_presence_gone(id);
+	b->have_agents = broker_presence_stats_sum(b->agents, BROKER_CALL_NSTATES);
+	if (known)
+		rb_logf(RB_LOG_WARN, NULL, 0, "presence instance %u down (connection %u)", pid, id);
+	else
+		rb_logf(RB_LOG_WARN, NULL, 0, "presence connection %u down", id);
 }
 
 // --- setup --------------------------------------------------------------------------------
 
-static int open_pair(broker *b, const char *name, const char *url, rb_bus_recv_fn recv,
-                     rb_bus_pipe_fn pipe, rb_bus **out)
+static int open_pair(broker *b, const char *name, rb_bus_kind kind, const char *url,
+                     rb_bus_recv_fn recv, rb_bus_pipe_fn pipe, rb_bus **out)
 {
 	rb_bus_opts opts = {
 	        .recv_max = RB_PB_MAX_SERVICE,
 	        .name = name,
 	};
-	int rc = rb_bus_new(&b->svc.loop, RB_BUS_PAIR, &opts, out);
+	int rc = rb_bus_new(&b->svc.loop, kind, &opts, out);
 	if (rc != 0)
 		return rc;
 	rb_bus_on_recv(*out, recv, b);
@@ -435,11 +820,18 @@ static int open_pair(broker *b, const char *name, const char *url, rb_bus_recv_f
 int broker_links_start(broker *b, const char *auction_url, const char *presence_url,
                        const char *billing_url)
 {
-	int rc = open_pair(b, "broker-auction", auction_url, auction_recv, auction_pipe,
-	                   &b->auction);
+	long long instances = 1;
+	int rc = rb_config_int("RINGBID_PRESENCE_INSTANCES", 1, 1, BROKER_PRESENCE_INSTANCES,
+	                       &instances);
+	if (rc != 0)
+		return rc;
+	broker_presence_reset((uint32_t)instances);
+	rc = open_pair(b, "broker-auction", RB_BUS_PAIR, auction_url, auction_recv, auction_pipe,
+	               &b->auction);
+	// Polyamorous: one connection per presence instance, each message sent to one of them.
 	if (rc == 0)
-		rc = open_pair(b, "broker-presence", presence_url, presence_recv, presence_pipe,
-		               &b->presence);
+		rc = open_pair(b, "broker-presence", RB_BUS_PAIR_POLY, presence_url, presence_recv,
+		               presence_pipe, &b->presence);
 	if (rc != 0)
 		return rc;
 	rb_bus_opts opts = {

@@ -48,7 +48,16 @@ static const service services[] = {
          "RINGBID_PRESENCE_DATABASE_URL"},
         {"broker", "RINGBID_BROKER_HTTP", RB_PORT_BROKER_HTTP, "RINGBID_BROKER_DATABASE_URL"},
 };
-#define NSERVICES (sizeof services / sizeof services[0])
+#define NSERVICES    (sizeof services / sizeof services[0])
+#define PRESENCE_SVC 2 // services[PRESENCE_SVC] is presence
+
+// RINGBID_PRESENCE_INSTANCES: presence processes of one stack, each holding some agents'
+// sessions. Instance 0 is the usual presence; instance i (1..) listens for agents on port
+// base+10+i and answers HTTP on base+85+i, inside the stack's block of 100 ports.
+#define PRESENCE_INSTANCES_MAX  15
+#define PRESENCE_AGENT_PORT_OFF 10
+#define PRESENCE_HTTP_PORT_OFF  85
+#define NRUNS_MAX               (NSERVICES + PRESENCE_INSTANCES_MAX - 1)
 
 // The logins of the private cluster. The owner runs migrations and the CLI; each service that
 // uses PostgreSQL logs in as a member of its group role (db/migrations/0006_roles.sql). Every
@@ -995,6 +1004,9 @@ out:
 
 typedef struct svc_run {
 	const service *svc;
+	char name[32];    // "presence-2" for a further presence instance, else svc->name
+	int instance;     // presence instance number (RINGBID_PRESENCE_ID); 0 for the others
+	char agents[256]; // instance > 0: its RINGBID_PRESENCE_URL
 	char bin[PATH_MAX];
 	char log[PATH_MAX];
 	char pidfile[PATH_MAX];
@@ -1004,20 +1016,56 @@ typedef struct svc_run {
 	bool ready;
 } svc_run;
 
-static int svc_paths(svc_run *s, const service *svc, const char *bindir, const char *home)
+// instance > 0 names a further presence instance (svc is presence's entry).
+static int svc_paths(svc_run *s, const service *svc, int instance, const char *bindir,
+                     const char *home)
 {
 	char name[64];
 
 	s->svc = svc;
+	s->instance = instance;
+	if (instance > 0)
+		snprintf(s->name, sizeof s->name, "%s-%d", svc->name, instance);
+	else
+		snprintf(s->name, sizeof s->name, "%s", svc->name);
 	snprintf(name, sizeof name, "ringbid-%s", svc->name);
 	if (path_fmt(s->bin, sizeof s->bin, bindir, name) < 0 ||
-	    (size_t)snprintf(s->log, sizeof s->log, "%s/log/%s.log", home, svc->name) >=
+	    (size_t)snprintf(s->log, sizeof s->log, "%s/log/%s.log", home, s->name) >=
 	            sizeof s->log ||
-	    (size_t)snprintf(s->pidfile, sizeof s->pidfile, "%s/run/%s.pid", home, svc->name) >=
+	    (size_t)snprintf(s->pidfile, sizeof s->pidfile, "%s/run/%s.pid", home, s->name) >=
 	            sizeof s->pidfile)
 		return RB_ETOOBIG;
-	if (rb_config_http(svc->http_env, svc->http_offset, s->http, sizeof s->http) < 0)
+	if (instance == 0)
+		return rb_config_http(svc->http_env, svc->http_offset, s->http, sizeof s->http) < 0
+		               ? RB_ECONFIG
+		               : 0;
+	long long base;
+
+	if (rb_config_int("RINGBID_PORT_BASE", PORT_BASE_DEFAULT, 1024, 65400, &base) < 0)
 		return RB_ECONFIG;
+	snprintf(s->agents, sizeof s->agents, "tcp://127.0.0.1:%lld",
+	         base + PRESENCE_AGENT_PORT_OFF + instance);
+	snprintf(s->http, sizeof s->http, "127.0.0.1:%lld",
+	         base + PRESENCE_HTTP_PORT_OFF + instance);
+	return 0;
+}
+
+// The services of a stack in start order, with n presence instances. Returns how many runs.
+static int svc_plan(svc_run *runs, int instances, const char *bindir, const char *home, size_t *n)
+{
+	*n = 0;
+	for (size_t i = 0; i < NSERVICES; i++) {
+		memset(&runs[*n], 0, sizeof runs[*n]);
+		if (svc_paths(&runs[(*n)++], &services[i], 0, bindir, home) < 0)
+			return cli_fail("bad path or address for %s", services[i].name);
+		if (i != PRESENCE_SVC)
+			continue;
+		for (int k = 1; k < instances; k++) {
+			memset(&runs[*n], 0, sizeof runs[*n]);
+			if (svc_paths(&runs[(*n)++], &services[i], k, bindir, home) < 0)
+				return cli_fail("bad path or address for presence instance %d", k);
+		}
+	}
 	return 0;
 }
 
@@ -1027,19 +1075,19 @@ static int svc_start(svc_run *s)
 
 	s->pid = read_pid(s->pidfile);
 	if (s->pid && pid_runs(s->pid, strrchr(s->bin, '/') + 1)) {
-		printf("%-8s already running (pid %ld)\n", s->svc->name, (long)s->pid);
+		printf("%-8s already running (pid %ld)\n", s->name, (long)s->pid);
 		return 0;
 	}
 	// Something else answering on the service's port would pass for it in the readiness wait.
 	if (http_status(s->http, "/healthz", 500) > 0)
 		return cli_fail("%s: something already answers on http://%s (another ringbid stack "
 		                "with RINGBID_PORT_BASE=%s?)",
-		                s->svc->name, s->http, getenv("RINGBID_PORT_BASE"));
+		                s->name, s->http, getenv("RINGBID_PORT_BASE"));
 	fflush(stdout);
 	fflush(stderr);
 	pid = fork();
 	if (pid < 0)
-		return cli_fail("cannot start %s: %s", s->svc->name, strerror(errno));
+		return cli_fail("cannot start %s: %s", s->name, strerror(errno));
 	if (pid == 0) {
 		// RINGBID_SERVICE_WRAPPER runs each service under a command, e.g. valgrind for the
 		// leak check at shutdown; words are split on spaces.
@@ -1070,6 +1118,16 @@ static int svc_start(svc_run *s)
 			if (u != NULL && *u != '\0')
 				setenv("RINGBID_DATABASE_URL", u, 1);
 		}
+		if (s->svc == &services[PRESENCE_SVC]) {
+			char id[16];
+
+			snprintf(id, sizeof id, "%d", s->instance);
+			setenv("RINGBID_PRESENCE_ID", id, 1);
+			if (s->instance > 0) {
+				setenv("RINGBID_PRESENCE_URL", s->agents, 1);
+				setenv(s->svc->http_env, s->http, 1);
+			}
+		}
 		setsid();
 		out = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0640);
 		if (in >= 0)
@@ -1086,7 +1144,7 @@ static int svc_start(svc_run *s)
 	s->started = true;
 	if (write_pid(s->pidfile, pid) < 0)
 		return cli_fail("cannot write %s: %s", s->pidfile, strerror(errno));
-	printf("%-8s started (pid %ld, log %s)\n", s->svc->name, (long)pid, s->log);
+	printf("%-8s started (pid %ld, log %s)\n", s->name, (long)pid, s->log);
 	return 0;
 }
 
@@ -1118,14 +1176,14 @@ static int wait_ready(svc_run *runs, size_t n)
 				continue;
 			if (!svc_alive(s)) {
 				unlink(s->pidfile);
-				cli_fail("%s exited while starting", s->svc->name);
+				cli_fail("%s exited while starting", s->name);
 				print_tail(s->log);
 				return CLI_EXIT_ERR;
 			}
 			if (http_status(s->http, "/readyz", 1000) == 200) {
 				s->ready = true;
 				ready++;
-				printf("%-8s ready (http://%s/readyz)\n", s->svc->name, s->http);
+				printf("%-8s ready (http://%s/readyz)\n", s->name, s->http);
 				fflush(stdout);
 			}
 		}
@@ -1138,7 +1196,7 @@ static int wait_ready(svc_run *runs, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		if (runs[i].ready)
 			continue;
-		cli_fail("%s is not ready after %d s (GET http://%s/readyz)", runs[i].svc->name,
+		cli_fail("%s is not ready after %d s (GET http://%s/readyz)", runs[i].name,
 		         READY_TIMEOUT_MS / 1000, runs[i].http);
 		print_tail(runs[i].log);
 	}
@@ -1161,6 +1219,10 @@ static const char up_usage[] =
         "    $RINGBID_HOME/log/<name>.log, their pids in $RINGBID_HOME/run/<name>.pid; each\n"
         "    gets RINGBID_<NAME>_DATABASE_URL as its RINGBID_DATABASE_URL when that is set\n"
         "    (the auction gets none)\n"
+        "    RINGBID_PRESENCE_INSTANCES (1 to 15, default 1) starts that many presence\n"
+        "    processes, numbered 0.., each holding the sessions of the agents that connect\n"
+        "    to it: the first on the usual agents' port, instance i on port base+10+i\n"
+        "    (HTTP base+85+i); their URLs go to $RINGBID_HOME/env as RINGBID_PRESENCE_URLS\n"
         "and waits until each answers on /readyz. The chosen settings (database URLs, port\n"
         "base, service token) are written to $RINGBID_HOME/env, where every ringbid program\n"
         "finds them. Services already running are left alone.\n"
@@ -1177,9 +1239,11 @@ int cli_cmd_up(int argc, char **argv)
 	char err[256], home[PATH_MAX], bindir[PATH_MAX], envpath[PATH_MAX], dir[PATH_MAX];
 	char portbase[16], pgport[16], url[DB_URL_MAX + 1], token[256], migrations[PATH_MAX];
 	char svc_urls[NLOGINS][DB_URL_MAX + 1];
-	cli_env_kv kv[4 + NLOGINS];
-	size_t nkv = 0;
-	svc_run runs[NSERVICES];
+	char instances_text[16], urls[PRESENCE_INSTANCES_MAX * 40];
+	cli_env_kv kv[6 + NLOGINS];
+	size_t nkv = 0, nruns = 0;
+	long long instances = 1;
+	svc_run runs[NRUNS_MAX];
 	bool no_db, external, pg_port_from_caller, token_file;
 	int base = PORT_BASE_DEFAULT, port = 0, rc;
 
@@ -1225,6 +1289,28 @@ int cli_cmd_up(int argc, char **argv)
 	snprintf(portbase, sizeof portbase, "%d", base);
 	setenv("RINGBID_PORT_BASE", portbase, 1);
 	kv[nkv++] = (cli_env_kv){"RINGBID_PORT_BASE", portbase};
+
+	if (rb_config_int("RINGBID_PRESENCE_INSTANCES", 1, 1, PRESENCE_INSTANCES_MAX, &instances) <
+	    0)
+		return cli_fail("RINGBID_PRESENCE_INSTANCES must be a number from 1 to %d",
+		                PRESENCE_INSTANCES_MAX);
+	// The broker reads the count too: with one instance it knows where every agent is.
+	snprintf(instances_text, sizeof instances_text, "%lld", instances);
+	setenv("RINGBID_PRESENCE_INSTANCES", instances_text, 1);
+	kv[nkv++] = (cli_env_kv){"RINGBID_PRESENCE_INSTANCES", instances_text};
+	if (instances > 1) {
+		// Clients are spread over the instances by whoever runs them: each instance
+		// holds the sessions of the agents that connect to it.
+		size_t len;
+
+		rb_config_url("RINGBID_PRESENCE_URL", RB_PORT_PRESENCE_AGENTS, urls, sizeof urls);
+		len = strlen(urls);
+		for (long long i = 1; i < instances && len < sizeof urls; i++)
+			len += (size_t)snprintf(urls + len, sizeof urls - len,
+			                        ",tcp://127.0.0.1:%lld",
+			                        base + PRESENCE_AGENT_PORT_OFF + i);
+		kv[nkv++] = (cli_env_kv){"RINGBID_PRESENCE_URLS", urls};
+	}
 
 	token_file = !getenv("RINGBID_SERVICE_TOKEN") && getenv("RINGBID_SERVICE_TOKEN_FILE");
 	if (getenv("RINGBID_SERVICE_TOKEN") && *getenv("RINGBID_SERVICE_TOKEN")) {
@@ -1301,21 +1387,22 @@ int cli_cmd_up(int argc, char **argv)
 			return rc;
 	}
 
-	for (size_t i = 0; i < NSERVICES; i++) {
-		memset(&runs[i], 0, sizeof runs[i]);
-		if (svc_paths(&runs[i], &services[i], bindir, home) < 0)
-			return cli_fail("bad path or address for %s", services[i].name);
-	}
-	for (size_t i = 0; i < NSERVICES; i++) {
+	if ((rc = svc_plan(runs, (int)instances, bindir, home, &nruns)) != 0)
+		return rc;
+	for (size_t i = 0; i < nruns; i++) {
 		if ((rc = svc_start(&runs[i])) != 0)
 			return rc;
 	}
-	if ((rc = wait_ready(runs, NSERVICES)) != 0)
+	if ((rc = wait_ready(runs, nruns)) != 0)
 		return rc;
-	rb_config_url("RINGBID_BROKER_URL", RB_PORT_BROKER_CALLS, url, sizeof url);
-	printf("ringbid is up: calls at %s", url);
-	rb_config_url("RINGBID_PRESENCE_URL", RB_PORT_PRESENCE_AGENTS, url, sizeof url);
-	printf(", agents at %s\n", url);
+	char shown[256];
+
+	rb_config_url("RINGBID_BROKER_URL", RB_PORT_BROKER_CALLS, shown, sizeof shown);
+	printf("ringbid is up: calls at %s", shown);
+	rb_config_url("RINGBID_PRESENCE_URL", RB_PORT_PRESENCE_AGENTS, shown, sizeof shown);
+	printf(", agents at %s\n", shown);
+	if (instances > 1)
+		printf("%lld presence instances, agents at %s\n", instances, urls);
 	printf("settings in %s, logs in %s/log/; stop with 'ringbid down'\n", envpath, home);
 	return CLI_EXIT_OK;
 }
@@ -1336,10 +1423,10 @@ int cli_cmd_down(int argc, char **argv)
 {
 	cli_opt opts[] = {{.name = "keep-db"}};
 	const char *pos[1];
-	size_t npos, nstopping = 0;
+	size_t npos, nstopping = 0, nruns = 0;
 	char err[256], home[PATH_MAX], bindir[PATH_MAX];
-	svc_run runs[NSERVICES];
-	bool stopping[NSERVICES] = {false};
+	svc_run runs[NRUNS_MAX];
+	bool stopping[NRUNS_MAX] = {false};
 	int rc = cli_args_parse(argc, argv, opts, 1, pos, 0, &npos, err, sizeof err);
 
 	if (rc == CLI_ARGS_HELP) {
@@ -1353,14 +1440,14 @@ int cli_cmd_down(int argc, char **argv)
 	if (cli_exe_dir(bindir, sizeof bindir) < 0)
 		return cli_fail("cannot find the directory of the ringbid executable");
 
+	// Every presence instance that may run: one left from a larger stack has its pid file.
+	if ((rc = svc_plan(runs, PRESENCE_INSTANCES_MAX, bindir, home, &nruns)) != 0)
+		return rc;
 	// Reverse start order: the broker stops taking calls first.
-	for (size_t k = 0; k < NSERVICES; k++) {
-		size_t i = NSERVICES - 1 - k;
+	for (size_t k = 0; k < nruns; k++) {
+		size_t i = nruns - 1 - k;
 		svc_run *s = &runs[i];
 
-		memset(s, 0, sizeof *s);
-		if (svc_paths(s, &services[i], bindir, home) < 0)
-			return cli_fail("bad path for %s", services[i].name);
 		s->pid = read_pid(s->pidfile);
 		if (s->pid && pid_runs(s->pid, strrchr(s->bin, '/') + 1) &&
 		    kill(s->pid, SIGTERM) == 0) {
@@ -1379,18 +1466,18 @@ int cli_cmd_down(int argc, char **argv)
 	while (nstopping > 0) {
 		bool late = mono_ms() >= deadline;
 
-		for (size_t k = 0; k < NSERVICES; k++) {
-			size_t i = NSERVICES - 1 - k;
+		for (size_t k = 0; k < nruns; k++) {
+			size_t i = nruns - 1 - k;
 			svc_run *s = &runs[i];
 
 			if (!stopping[i])
 				continue;
 			if (!pid_runs(s->pid, strrchr(s->bin, '/') + 1)) {
-				printf("%-8s stopped (pid %ld)\n", s->svc->name, (long)s->pid);
+				printf("%-8s stopped (pid %ld)\n", s->name, (long)s->pid);
 			} else if (late) {
 				kill(s->pid, SIGKILL);
 				printf("%-8s killed (pid %ld): it did not stop within %lld s\n",
-				       s->svc->name, (long)s->pid, stop_ms / 1000);
+				       s->name, (long)s->pid, stop_ms / 1000);
 			} else {
 				continue;
 			}

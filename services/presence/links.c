@@ -16,6 +16,7 @@ struct presence_links {
 	rb_bus *broker;
 	rb_bus *auction;
 	char token[128];
+	uint32_t presence_id; // RINGBID_PRESENCE_ID, on every Envelope sent
 	void (*after)(void *arg);
 	void *after_arg;
 };
@@ -30,6 +31,7 @@ static void send_env(presence_links *l, rb_bus *bus, const Ringbid__Envelope *e)
 {
 	Ringbid__Envelope copy = *e;
 	copy.token = l->token;
+	copy.presence_id = l->presence_id;
 	nng_msg *msg = NULL;
 	int rv = rb_pb_pack(&copy.base, RB_PB_MAX_SERVICE, &msg);
 	if (rv != 0) {
@@ -176,15 +178,22 @@ static void auction_recv(rb_bus *bus, nng_msg *msg, void *arg)
 	after(l);
 }
 
+static void send_stats(presence_links *l);
+
 static void broker_pipe(rb_bus *bus, nng_pipe p, bool added, void *arg)
 {
 	(void)bus;
 	(void)p;
 	presence_links *l = arg;
-	if (added)
-		rb_info("broker link up");
-	else
+	if (added) {
+		rb_info("broker link up (presence instance %u)", l->presence_id);
+		// The broker learns which instance this connection speaks for from the Envelopes
+		// it receives, and only then sends this instance its CallSync: say so at once
+		// rather than at the next janitor tick.
+		send_stats(l);
+	} else {
 		rb_warn("broker link down");
+	}
 	after(l);
 }
 
@@ -204,10 +213,8 @@ static void auction_pipe(rb_bus *bus, nng_pipe p, bool added, void *arg)
 	after(l);
 }
 
-void presence_links_janitor(presence_links *l)
+static void send_stats(presence_links *l)
 {
-	if (rb_bus_peers(l->broker) == 0)
-		return;
 	Ringbid__AgentCount counts[PRESENCE_NSTATES];
 	Ringbid__AgentCount *ptrs[PRESENCE_NSTATES];
 	presence_core_stats_msg(l->core, counts, ptrs);
@@ -220,9 +227,18 @@ void presence_links_janitor(presence_links *l)
 	send_env(l, l->broker, &e);
 }
 
-int presence_links_new(uv_loop_t *loop, presence_core *core, const char *token,
-                       void (*after_fn)(void *arg), void *arg, presence_links **out)
+void presence_links_janitor(presence_links *l)
 {
+	if (rb_bus_peers(l->broker) > 0)
+		send_stats(l);
+}
+
+int presence_links_new(uv_loop_t *loop, presence_core *core, const char *token,
+                       uint32_t presence_id, void (*after_fn)(void *arg), void *arg,
+                       presence_links **out)
+{
+	if (presence_id > PRESENCE_INSTANCE_MAX)
+		return RB_EINVAL;
 	presence_links *l = calloc(1, sizeof(*l));
 	if (l == NULL)
 		return RB_ENOMEM;
@@ -232,6 +248,7 @@ int presence_links_new(uv_loop_t *loop, presence_core *core, const char *token,
 	}
 	snprintf(l->token, sizeof(l->token), "%s", token);
 	l->core = core;
+	l->presence_id = presence_id;
 	l->after = after_fn;
 	l->after_arg = arg;
 	rb_bus_opts bo = {.recv_max = RB_PB_MAX_SERVICE, .name = "presence-broker"};

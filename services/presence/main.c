@@ -28,6 +28,8 @@ static const char usage[] =
         "\n"
         "Environment (defaults follow RINGBID_PORT_BASE, 7100):\n"
         "  RINGBID_PRESENCE_URL          agents' clients connect here (tcp://127.0.0.1:7105)\n"
+        "  RINGBID_PRESENCE_ID           this instance's number, 0..63, when agents are spread\n"
+        "                                over several presence processes (0)\n"
         "  RINGBID_BROKER_PRESENCE_URL   the broker's presence link (tcp://127.0.0.1:7103)\n"
         "  RINGBID_AUCTION_URL           the auction's presence link (tcp://127.0.0.1:7104)\n"
         "  RINGBID_PRESENCE_TLS_CERT     PEM certificate chain for a tls+tcp:// agent link\n"
@@ -321,6 +323,10 @@ static int start(presence_main *p)
 	if (rv == 0)
 		rv = rb_config_conninfo(conninfo, sizeof(conninfo));
 	char tls_cert[URL_MAX], tls_key[URL_MAX];
+	long long presence_id = 0;
+	if (rv == 0)
+		rv = rb_config_int("RINGBID_PRESENCE_ID", 0, 0, PRESENCE_INSTANCE_MAX,
+		                   &presence_id);
 	if (rv == 0)
 		rv = rb_config_str("RINGBID_PRESENCE_TLS_CERT", "", tls_cert, sizeof(tls_cert));
 	if (rv == 0)
@@ -358,8 +364,8 @@ static int start(presence_main *p)
 			rb_error("cannot listen for agents on %s: %s", agents_url, rb_err_str(rv));
 	}
 	if (rv == 0)
-		rv = presence_links_new(&p->svc.loop, p->core, p->svc.token, after_event, p,
-		                        &p->links);
+		rv = presence_links_new(&p->svc.loop, p->core, p->svc.token, (uint32_t)presence_id,
+		                        after_event, p, &p->links);
 	if (rv == 0)
 		rv = presence_links_dial(p->links, broker_url, auction_url);
 	if (rv == 0)
@@ -373,10 +379,10 @@ static int start(presence_main *p)
 	if (rv != 0)
 		return rv;
 	presence_clients_on_earnings(p->clients, on_earnings_query, p);
-	rb_info("agents on %s, broker at %s, auction at %s; heartbeat timeout %llu ms, "
-	        "%u missed offers pause an agent",
-	        agents_url, broker_url, auction_url, (unsigned long long)cfg.heartbeat_timeout_ms,
-	        cfg.max_missed);
+	rb_info("presence instance %lld: agents on %s, broker at %s, auction at %s; heartbeat "
+	        "timeout %llu ms, %u missed offers pause an agent",
+	        presence_id, agents_url, broker_url, auction_url,
+	        (unsigned long long)cfg.heartbeat_timeout_ms, cfg.max_missed);
 	return 0;
 }
 
