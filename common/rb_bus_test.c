@@ -551,7 +551,7 @@ static void test_burst_in_order(void **state)
 	events se = {0};
 	rb_bus *srv, *cli, *poly, *peers[3];
 	char url[64], purl[64];
-	const int count = 20000;
+	const int count = 5000;
 
 	make_url(url, sizeof(url));
 	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &srv), 0);
@@ -599,6 +599,11 @@ static void test_burst_in_order(void **state)
 
 // The receive callback may free its bus in the middle of a burst: nothing more is delivered and
 // the messages still buffered are released.
+//
+// The sender runs on a loop of its own and has finished sending before the receiver's loop
+// runs: nng 1.5.2's nng_close can hang for good when it closes a pair socket whose peer is
+// still streaming to it (reproduced without ringbid, in one process and across two; fixed in
+// later nng releases), so a test that frees a bus under a live stream would hang at random.
 static void test_free_during_burst(void **state)
 {
 	fixture *f = *state;
@@ -606,10 +611,12 @@ static void test_free_during_burst(void **state)
 	burst b = {0};
 	events se = {0};
 	rb_bus *srv, *cli;
+	uv_loop_t sloop;
 	char url[64];
 
 	make_url(url, sizeof(url));
-	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &srv), 0);
+	assert_int_equal(uv_loop_init(&sloop), 0);
+	assert_int_equal(rb_bus_new(&sloop, RB_BUS_PAIR, &o, &srv), 0);
 	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &cli), 0);
 	b.free_after = 10;
 	b.self = &cli;
@@ -618,14 +625,21 @@ static void test_free_during_burst(void **state)
 	rb_bus_on_pipe(cli, on_burst_pipe, &b);
 	assert_int_equal(rb_bus_listen(srv, url), 0);
 	assert_int_equal(rb_bus_dial(cli, url), 0);
-	assert_true(run_until(&f->loop, &se.adds, 1, 3000));
-	send_numbered(srv, 1000);
+	assert_true(run_until(&sloop, &se.adds, 1, 3000));
+	// The receiver hears of its peer first (nng reports a new pipe from another thread, so a
+	// message sent at once may overtake the report).
+	run_for(&f->loop, 200);
+	// 100 messages fit the receiver's buffer: all of them leave before it reads any.
+	send_numbered(srv, 100);
+	run_for(&sloop, 500);
 	assert_true(run_until(&f->loop, &b.recvs, 10, 5000));
 	run_for(&f->loop, 100);
 	assert_null(cli);
 	assert_int_equal(b.recvs, 10);
 	assert_int_equal(b.out_of_order, 0);
 	rb_bus_free(srv);
+	run_for(&sloop, 50);
+	assert_int_equal(uv_loop_close(&sloop), 0);
 }
 
 static void test_recv_max(void **state)
