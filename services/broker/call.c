@@ -321,6 +321,16 @@ bool broker_call_excluded(const broker_call *c, uint64_t agent_id)
 	return false;
 }
 
+bool broker_call_presence(const broker_call *c, uint64_t agent_id, uint32_t *presence_id)
+{
+	// Every offer adds its decision, naming the agent: the newest names the newest offer's.
+	if (agent_id == 0 || c->ndecisions == 0 ||
+	    c->decisions[c->ndecisions - 1].agent_id != agent_id)
+		return false;
+	*presence_id = c->presence_id;
+	return true;
+}
+
 // A call keeps at most BROKER_EXCLUDED_MAX exclusions; past that the oldest gives way, so a
 // very patient caller may meet an early decliner again rather than the call growing forever.
 static int exclude(broker_call *c, uint64_t agent_id)
@@ -444,7 +454,8 @@ static int check(const broker_book *book, const broker_call *c, const broker_eve
 	case BROKER_EV_OFFER:
 		if (c->state != BROKER_CALL_QUEUED)
 			return RB_ESTATE;
-		if (ev->agent_id == 0 || ev->offer_id == 0)
+		if (ev->agent_id == 0 || ev->offer_id == 0 ||
+		    ev->presence_id > BROKER_PRESENCE_ID_MAX)
 			return RB_EINVAL;
 		if (broker_call_excluded(c, ev->agent_id))
 			return RB_EINVAL;
@@ -557,6 +568,7 @@ int broker_call_apply(broker_book *book, broker_call *c, const broker_event *ev,
 		c->state = BROKER_CALL_OFFERED;
 		c->agent_id = ev->agent_id;
 		c->offer_id = ev->offer_id;
+		c->presence_id = ev->presence_id;
 		c->offers++;
 		c->offer_us = at_least(ev->now_us, c->arrived_us);
 		if (c->offered_us == 0)
@@ -745,6 +757,8 @@ static bool record_usable(const Ringbid__CallRecord *rec)
 	}
 	if (state_at_agent((broker_call_state)info->state) && info->agent_id == 0)
 		return false;
+	if (rec->presence_id > BROKER_PRESENCE_ID_MAX)
+		return false;
 	return true;
 }
 
@@ -798,6 +812,9 @@ int broker_book_restore(broker_book *book, const Ringbid__CallRecord *rec, uint6
 	c->answered_us = info->answered_us;
 	c->ended_us = info->ended_us;
 	c->version = info->version ? info->version : 1;
+	// A record written before the instance was journaled says 0, which is right for a
+	// single presence instance.
+	c->presence_id = rec->presence_id;
 	c->offers = info->offers;
 	c->missed = rec->missed;
 	c->review = info->review;
@@ -944,6 +961,7 @@ int broker_call_record(const broker_call *c, broker_arena *a, Ringbid__CallRecor
 	rec->offer_id = c->offer_id;
 	rec->caller_masked = (char *)c->caller_masked;
 	rec->missed = c->missed;
+	rec->presence_id = c->presence_id;
 	int rc = decisions_pb(c, a, &rec->decisions, &rec->n_decisions);
 	if (rc == 0)
 		rc = offer_log_pb(c, a, &rec->offer_log, &rec->n_offer_log);

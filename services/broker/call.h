@@ -26,6 +26,7 @@
 #define BROKER_REFUSALS_EXCLUDE 3    // REFUSED offers in a row before the agent is excluded
 #define BROKER_PRIORITY_MIN     (-1000)
 #define BROKER_PRIORITY_MAX     1000
+#define BROKER_PRESENCE_ID_MAX  63 // presence instances are 0..63 (RINGBID_PRESENCE_ID)
 
 // Same numbers as Ringbid__CallState and Ringbid__Disposition.
 typedef enum {
@@ -87,6 +88,7 @@ typedef struct broker_event {
 	uint64_t agent_id;
 	uint64_t offer_id;
 	const broker_decision *decision; // OFFER (NULL: none recorded)
+	uint32_t presence_id;            // OFFER: the presence instance holding the agent's session
 	uint64_t now_us;                 // UTC
 	uint64_t now_mono_us;            // monotonic
 } broker_event;
@@ -130,6 +132,9 @@ struct broker_call {
 	uint64_t arrived_us, offered_us, answered_us, ended_us;
 	uint64_t offer_us; // UTC start of the current offer (offered_us is the first offer's)
 	uint64_t version;
+	// The presence instance holding the agent of the newest offer (journaled): where that
+	// offer, and the call it connected, are synchronised, withdrawn and ended.
+	uint32_t presence_id;
 	uint32_t offers;
 	uint32_t missed; // REFUSED in a row by the agent of the newest decision
 	bool review;
@@ -224,6 +229,10 @@ int broker_call_deadline(const broker_call *c, const broker_limits *lim, uint64_
                          uint64_t *at_mono_us, broker_event_kind *kind);
 
 bool broker_call_excluded(const broker_call *c, uint64_t agent_id);
+// The presence instance of the call's newest offer, when that offer went to agent_id: the
+// instance to tell of a change of that offer or of the call it connected. False when the call
+// was never offered to agent_id last.
+bool broker_call_presence(const broker_call *c, uint64_t agent_id, uint32_t *presence_id);
 const char *broker_call_state_name(int state);
 const char *broker_disposition_name(int disposition);
 

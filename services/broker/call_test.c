@@ -895,6 +895,101 @@ static void test_decision_basis(void **state)
 	assert_string_equal(out.runner_up_basis, "");
 }
 
+// The presence instance of an offer is kept with the call, journaled, restored, and names
+// where the offer and the call it connects are told of.
+static void test_presence_instance(void **state)
+{
+	(void)state;
+	broker_call *c = call_in("pi", BROKER_CALL_QUEUED);
+	broker_decision d;
+	memset(&d, 0, sizeof(d));
+	broker_event ev = {
+	        .kind = BROKER_EV_OFFER,
+	        .agent_id = 7,
+	        .offer_id = 70,
+	        .decision = &d,
+	        .presence_id = BROKER_PRESENCE_ID_MAX + 1,
+	        .now_us = T0 + 2 * SEC,
+	        .now_mono_us = M0 + 2 * SEC,
+	};
+	broker_effects fx;
+	uint64_t version = c->version;
+	assert_int_equal(broker_call_apply(bk, c, &ev, &fx), RB_EINVAL);
+	assert_int_equal(c->state, BROKER_CALL_QUEUED);
+	assert_int_equal(c->version, version);
+	ev.presence_id = 5;
+	assert_int_equal(broker_call_apply(bk, c, &ev, &fx), 0);
+	assert_int_equal(c->presence_id, 5);
+	uint32_t pid = 0;
+	assert_true(broker_call_presence(c, 7, &pid));
+	assert_int_equal(pid, 5);
+	assert_false(broker_call_presence(c, 8, &pid));
+	assert_false(broker_call_presence(c, 0, &pid));
+
+	// Journaled and restored with the call.
+	Ringbid__CallRecord rec;
+	assert_int_equal(broker_call_record(c, &arena, &rec), 0);
+	assert_int_equal(rec.presence_id, 5);
+	broker_book other;
+	broker_book_init(&other, 10, 3600 * SEC);
+	broker_call *r = NULL;
+	assert_int_equal(broker_book_restore(&other, &rec, T0 + 9 * SEC, M0 + 9 * SEC, &r), 0);
+	assert_int_equal(r->presence_id, 5);
+	assert_true(broker_call_presence(r, 7, &pid));
+	assert_int_equal(pid, 5);
+	rec.presence_id = BROKER_PRESENCE_ID_MAX + 1;
+	assert_int_equal(broker_book_restore(&other, &rec, T0 + 9 * SEC, M0 + 9 * SEC, NULL),
+	                 RB_EINVAL);
+	broker_book_fini(&other);
+
+	// Back in line, the call still says where its last offer went (the cancel of an offer
+	// the backstop ended goes there); the next offer replaces it.
+	assert_int_equal(ev_at(c, BROKER_EV_RING_EXPIRED, 0, 0, 40 * SEC, &fx), 0);
+	assert_true(fx.flags & BROKER_FX_OFFER_CANCEL);
+	assert_true(broker_call_presence(c, 7, &pid));
+	assert_int_equal(pid, 5);
+	ev.agent_id = 8;
+	ev.offer_id = 71;
+	ev.presence_id = 0;
+	assert_int_equal(broker_call_apply(bk, c, &ev, &fx), 0);
+	assert_false(broker_call_presence(c, 7, &pid));
+	assert_true(broker_call_presence(c, 8, &pid));
+	assert_int_equal(pid, 0);
+}
+
+// The broker died after the agent accepted but before the CONNECTED record reached the disk:
+// the restored call is OFFERED, and presence's ACCEPTED again for that very offer connects it.
+static void test_accept_after_restore(void **state)
+{
+	(void)state;
+	broker_call *c = call_in("ar", BROKER_CALL_OFFERED);
+	Ringbid__CallRecord rec;
+	assert_int_equal(broker_call_record(c, &arena, &rec), 0);
+	broker_book other;
+	broker_book_init(&other, 10, 3600 * SEC);
+	broker_book *saved = bk;
+	bk = &other;
+	broker_call *r = NULL;
+	assert_int_equal(broker_book_restore(&other, &rec, T0 + 9 * SEC, M0 + 90 * SEC, &r), 0);
+	assert_int_equal(r->state, BROKER_CALL_OFFERED);
+	assert_ptr_equal(broker_book_agent_call(&other, 7), r);
+	// Another offer's answer, or another agent's, connects nothing.
+	assert_int_equal(ev_at(r, BROKER_EV_CONNECT, 7, 69, 10 * SEC, NULL), RB_ESTATE);
+	assert_int_equal(ev_at(r, BROKER_EV_CONNECT, 8, 70, 10 * SEC, NULL), RB_ESTATE);
+	broker_effects fx;
+	assert_int_equal(ev_at(r, BROKER_EV_CONNECT, 7, 70, 10 * SEC, &fx), 0);
+	assert_int_equal(r->state, BROKER_CALL_CONNECTED);
+	assert_int_equal(r->agent_id, 7);
+	assert_int_equal(r->offer_id, 70);
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE);
+	assert_int_equal(r->noffer_log, 1);
+	assert_int_equal(r->offer_log[0].result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	// A third ACCEPTED is not a transition (the link takes it as a repeat).
+	assert_int_equal(ev_at(r, BROKER_EV_CONNECT, 7, 70, 11 * SEC, NULL), RB_ESTATE);
+	bk = saved;
+	broker_book_fini(&other);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -918,6 +1013,8 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_offer_log_bound, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_exploratory_cdr, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_offer_log_restore, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_presence_instance, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_accept_after_restore, setup, teardown),
 	        cmocka_unit_test(test_decision_basis),
 	        cmocka_unit_test(test_skills_merge),
 	        cmocka_unit_test(test_pg_text_array),

@@ -436,9 +436,18 @@ int broker_core_start(broker *b)
 	if (rc != 0)
 		return rc;
 	b->started = true;
+	uint64_t now = rb_mono_us();
 	broker_call *c, *tmp;
 	HASH_ITER(hh, b->book.by_id, c, tmp)
 	{
+		// Only presence knows how an offer made before the restart went: the agent may have
+		// accepted it while the broker was down. Its instance's answer to the CallSync
+		// (kept, ACCEPTED again, or AGENT_LOST) settles the offer as soon as it connects,
+		// so the backstop, meant for an instance that never does, rings again from here;
+		// ending the offer before that answer could hand a connected call to a second
+		// agent.
+		if (c->state == BROKER_CALL_OFFERED && c->offer_mono_us < now)
+			c->offer_mono_us = now;
 		if (c->state != BROKER_CALL_ENDED)
 			arm(b, c);
 	}
@@ -549,6 +558,10 @@ int broker_change(broker *b, broker_call *c, broker_event_kind kind, uint64_t ag
 	        .now_us = rb_now_us(),
 	        .now_mono_us = rb_mono_us(),
 	};
+	// The offer is made at the instance the auction's Match named (noted just before): it is
+	// journaled with the call, so that a restarted broker still knows where the call is.
+	if (kind == BROKER_EV_OFFER && !broker_presence_agent_instance(agent_id, &ev.presence_id))
+		ev.presence_id = 0;
 	broker_call_state from = c->state;
 	broker_effects fx;
 	int rc = broker_call_apply(&b->book, c, &ev, &fx);

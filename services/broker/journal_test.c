@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "presence_link.h"
 #include "rb_err.h"
 #include "rb_log.h"
 #include "rb_time.h"
@@ -625,6 +626,74 @@ static void test_cdr_offer_log_replay(void **state)
 	}
 }
 
+static int count_chunk(const Ringbid__CallSync *cs, void *arg)
+{
+	assert_true(cs->first && cs->last);
+	*(size_t *)arg += cs->n_calls;
+	return 0;
+}
+
+// With several presence instances, the instance of each call's agent is journaled with the
+// call: after a restart (and after a compaction) the call is in its instance's CallSync and
+// its agent is placed there again.
+static void test_presence_instance_replay(void **state)
+{
+	(void)state;
+	broker_journal_replay st;
+	broker_presence_reset(3);
+	broker *b = open_broker(&st);
+	broker_presence_agent_at(21, 2, true);
+	broker_presence_agent_at(22, 1, true);
+	broker_call *ring = arrive(b, "ring");
+	offer(b, ring, 21);
+	broker_call *talk = arrive(b, "talk");
+	offer(b, talk, 22);
+	assert_int_equal(broker_change(b, talk, BROKER_EV_CONNECT, 22, 0, NULL), 0);
+	assert_int_equal(ring->presence_id, 2);
+	assert_int_equal(talk->presence_id, 1);
+	sync_journal(b->journal);
+	free_broker(b);
+
+	for (int round = 0; round < 2; round++) {
+		// A new process: nothing is known of where the agents are until replay says.
+		broker_presence_reset(3);
+		b = open_broker(&st);
+		uint32_t pid = 9;
+		assert_false(broker_presence_agent_instance(21, &pid));
+		broker_presence_restored(&b->book);
+		assert_true(broker_presence_agent_instance(21, &pid));
+		assert_int_equal(pid, 2);
+		assert_true(broker_presence_agent_instance(22, &pid));
+		assert_int_equal(pid, 1);
+		broker_call *r = broker_book_find(&b->book, "ring");
+		assert_non_null(r);
+		assert_int_equal(r->state, BROKER_CALL_OFFERED);
+		assert_int_equal(r->presence_id, 2);
+		r = broker_book_find(&b->book, "talk");
+		assert_non_null(r);
+		assert_int_equal(r->state, BROKER_CALL_CONNECTED);
+		assert_int_equal(r->presence_id, 1);
+		// Each instance's CallSync holds its own call; instance 0 holds "after" (agent 11,
+		// never placed) from the second round.
+		for (uint32_t inst = 0; inst < 3; inst++) {
+			size_t n = 0, count = 0;
+			assert_int_equal(
+			        broker_presence_call_sync(b, inst, 5, 100, count_chunk, &n, &count),
+			        0);
+			assert_int_equal(n, inst == 0 ? (size_t)round : 1);
+			assert_int_equal(count, n);
+		}
+		if (round == 0) {
+			// The second round reads what compaction wrote.
+			broker_journal_compact_soon(b->journal);
+			offer(b, arrive(b, "after"), 11);
+			sync_journal(b->journal);
+			assert_int_equal(broker_journal_compactions(b->journal), 1);
+		}
+		free_broker(b);
+	}
+}
+
 int main(void)
 {
 	// The expected failures still show; the call-by-call info lines do not.
@@ -639,6 +708,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_leftover_new_file_ignored, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_full_disk, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_cdr_offer_log_replay, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_presence_instance_replay, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

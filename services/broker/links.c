@@ -224,6 +224,7 @@ static struct {
 	uint32_t instances;
 	uint32_t cur_pipe;   // the connection whose message is being handled (its refusals)
 	uint64_t identified; // connections identified so far
+	uint64_t sync_id;    // the last CallSync id handed out
 } peers = {.instances = 1};
 
 void broker_presence_fini(void)
@@ -247,6 +248,23 @@ void broker_presence_reset(uint32_t instances)
 {
 	broker_presence_fini();
 	peers.instances = instances == 0 ? 1 : instances;
+}
+
+uint64_t broker_presence_sync_id(void)
+{
+	// Counting on from the clock at the first sync keeps the ids of a restarted broker apart
+	// from its predecessor's, whose unfinished sync a presence instance may still hold open.
+	if (peers.sync_id == 0)
+		peers.sync_id = rb_now_us();
+	return ++peers.sync_id;
+}
+
+void broker_presence_restored(const broker_book *book)
+{
+	// The journal says where each call's agent was; a presence instance speaking of the agent
+	// later does not move it (broker_presence_agent_at), only a newer Match does.
+	for (const broker_call *c = book->by_agent; c != NULL; c = c->hh_agent.next)
+		broker_presence_agent_at(c->agent_id, c->presence_id, true);
 }
 
 static presence_conn *conn_find(uint32_t pipe)
@@ -444,15 +462,18 @@ int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg,
 	uint32_t pipes[BROKER_PRESENCE_INSTANCES];
 	size_t n = 0;
 	uint64_t agent_id = 0;
+	const char *call_id = NULL;
 	switch (env->body_case) {
 	case RINGBID__ENVELOPE__BODY_OFFER:
 		agent_id = env->offer->agent_id;
 		break;
 	case RINGBID__ENVELOPE__BODY_OFFER_CANCEL:
 		agent_id = env->offer_cancel->agent_id;
+		call_id = env->offer_cancel->call_id;
 		break;
 	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
 		agent_id = env->call_ended->agent_id;
+		call_id = env->call_ended->call_id;
 		break;
 	default:
 		// Answers (refusals) go back to the connection whose message is being handled.
@@ -460,15 +481,25 @@ int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg,
 			pipes[n++] = peers.cur_pipe;
 		break;
 	}
-	if (agent_id != 0) {
+	// A change of an offer, or of the call it connected, goes where that offer was made
+	// (journaled with the call), even when the agent has since been placed elsewhere.
+	const broker_call *c = call_id != NULL && rb_valid_id(call_id, BROKER_ID_MAX)
+	                               ? broker_book_find(&b->book, call_id)
+	                               : NULL;
+	uint32_t pid = 0;
+	bool by_call = c != NULL && broker_call_presence(c, agent_id, &pid);
+	if (by_call) {
+		uint32_t pipe = broker_presence_pipe_of(pid);
+		if (pipe != 0)
+			pipes[n++] = pipe;
+	} else if (agent_id != 0) {
 		n = broker_presence_targets(agent_id, pipes, BROKER_PRESENCE_INSTANCES);
 		// Never an offer to more than one instance: it would reach no agent or two.
 		if (n > 1 && env->body_case == RINGBID__ENVELOPE__BODY_OFFER)
 			n = 0;
 	}
 	if (n == 0) {
-		uint32_t pid = 0;
-		if (agent_id != 0 && broker_presence_agent_instance(agent_id, &pid))
+		if (by_call || (agent_id != 0 && broker_presence_agent_instance(agent_id, &pid)))
 			rb_logf(RB_LOG_WARN, NULL, agent_id,
 			        "presence link: instance %u of the agent is not connected: %s "
 			        "dropped",
@@ -522,68 +553,105 @@ bool broker_presence_match(broker *b, const Ringbid__Match *m)
 	return false;
 }
 
-static void send_call_sync_to(broker *b, uint32_t presence_id, uint32_t pipe)
+int broker_presence_call_sync(broker *b, uint32_t presence_id, uint64_t sync_id, size_t chunk,
+                              broker_sync_emit_fn emit, void *arg, size_t *count)
 {
+	if (count != NULL)
+		*count = 0;
+	if (chunk == 0)
+		chunk = 1;
+	// The instance's calls first, so that the last chunk is known to be the last.
 	size_t total = b->book.count[BROKER_CALL_OFFERED] + b->book.count[BROKER_CALL_CONNECTED];
-	size_t cap = total < BROKER_SYNC_CHUNK ? total : BROKER_SYNC_CHUNK;
+	broker_call **mine = total ? calloc(total, sizeof(*mine)) : NULL;
+	size_t cap = total < chunk ? total : chunk;
 	Ringbid__AgentCall *calls = cap ? calloc(cap, sizeof(*calls)) : NULL;
 	Ringbid__AgentCall **ptrs = cap ? calloc(cap, sizeof(*ptrs)) : NULL;
-	if (cap && (calls == NULL || ptrs == NULL)) {
+	if (total && (mine == NULL || calls == NULL || ptrs == NULL)) {
+		free(mine);
 		free(calls);
 		free(ptrs);
-		rb_logf(RB_LOG_ERROR, NULL, 0, "presence link: out of memory for CallSync");
-		return;
+		return RB_ENOMEM;
 	}
-	size_t n = 0, sent = 0, unknown = 0;
-	broker_call *c = b->book.by_agent;
+	// Only this instance's calls: another instance would take an offer it does not know for
+	// lost, and the call could then reach two agents.
+	size_t nmine = 0;
+	for (broker_call *c = b->book.by_agent; c != NULL && nmine < total; c = c->hh_agent.next)
+		if (c->presence_id == presence_id)
+			mine[nmine++] = c;
+	int rc = 0;
+	size_t done = 0;
 	// At least one message, so the instance always hears the broker's picture, empty or not.
 	do {
-		n = 0;
-		for (; c != NULL && n < cap; c = c->hh_agent.next) {
-			uint32_t at;
-			bool known = broker_presence_agent_instance(c->agent_id, &at);
-			// Only this instance's calls: another instance would take an offer it does
-			// not know for lost, and the call could then reach two agents. A call whose
-			// instance is not known (a broker restart with several instances) goes to
-			// nobody until an instance speaks of its agent: its offer ends by the
-			// broker's own timer; a connected call ends when either side hangs up.
-			if (!known)
-				unknown++;
-			if (!known || at != presence_id)
-				continue;
+		size_t n = 0;
+		for (; done < nmine && n < cap; done++, n++) {
+			const broker_call *c = mine[done];
 			broker_limits lim;
 			broker_programs_limits(&b->programs, c->program, &lim);
 			Ringbid__AgentCall *ac = &calls[n];
 			ringbid__agent_call__init(ac);
 			ac->agent_id = c->agent_id;
-			ac->call_id = c->id;
+			ac->call_id = (char *)c->id;
 			ac->offer_id = c->state == BROKER_CALL_OFFERED ? c->offer_id : 0;
 			ac->state = (Ringbid__CallState)c->state;
-			ac->program = c->program;
+			ac->program = (char *)c->program;
 			ac->wrap_up_s = lim.wrap_up_s;
 			ac->answered_us = c->answered_us;
-			ptrs[n++] = ac;
+			ptrs[n] = ac;
 		}
 		Ringbid__CallSync cs = RINGBID__CALL_SYNC__INIT;
 		cs.n_calls = n;
 		cs.calls = ptrs;
-		Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
-		env.body_case = RINGBID__ENVELOPE__BODY_CALL_SYNC;
-		env.call_sync = &cs;
-		env.token = b->svc.token;
-		nng_msg *msg = NULL;
-		int rc = rb_pb_pack(&env.base, RB_PB_MAX_SERVICE, &msg);
-		if (rc != 0)
-			rb_logf(RB_LOG_ERROR, NULL, 0, "cannot pack CallSync: %s", rb_err_str(rc));
-		else
-			send_to_pipe(b, msg, pipe, true);
-		sent += n;
-	} while (c != NULL);
+		cs.first = done == n;
+		cs.last = done == nmine;
+		cs.sync_id = sync_id;
+		rc = emit(&cs, arg);
+		if (rc == 0 && count != NULL)
+			*count += n;
+	} while (rc == 0 && done < nmine);
+	free(mine);
 	free(calls);
 	free(ptrs);
+	return rc;
+}
+
+typedef struct sync_send {
+	broker *b;
+	uint32_t pipe;
+} sync_send;
+
+static int send_sync_chunk(const Ringbid__CallSync *cs, void *arg)
+{
+	sync_send *s = arg;
+	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
+	env.body_case = RINGBID__ENVELOPE__BODY_CALL_SYNC;
+	env.call_sync = (Ringbid__CallSync *)cs;
+	env.token = s->b->svc.token;
+	nng_msg *msg = NULL;
+	int rc = rb_pb_pack(&env.base, RB_PB_MAX_SERVICE, &msg);
+	if (rc != 0)
+		return rc;
+	send_to_pipe(s->b, msg, s->pipe, true);
+	return 0;
+}
+
+static void send_call_sync_to(broker *b, uint32_t presence_id, uint32_t pipe)
+{
+	sync_send s = {.b = b, .pipe = pipe};
+	uint64_t sync_id = broker_presence_sync_id();
+	size_t sent = 0;
+	int rc = broker_presence_call_sync(b, presence_id, sync_id, BROKER_SYNC_CHUNK,
+	                                   send_sync_chunk, &s, &sent);
+	if (rc != 0) {
+		// Without its last chunk the instance withdraws nothing; the calls sent so far
+		// are still settled one by one.
+		rb_logf(RB_LOG_ERROR, NULL, 0,
+		        "presence instance %u up: CallSync %llu cut short after %zu calls: %s",
+		        presence_id, (unsigned long long)sync_id, sent, rb_err_str(rc));
+		return;
+	}
 	rb_logf(RB_LOG_INFO, NULL, 0,
-	        "presence instance %u up: %zu calls at its agents synchronised%s", presence_id,
-	        sent, unknown ? " (calls at agents of unknown instance left out)" : "");
+	        "presence instance %u up: %zu calls at its agents synchronised (sync %llu)",
+	        presence_id, sent, (unsigned long long)sync_id);
 }
 
 static void on_offer_result(broker *b, const Ringbid__OfferResult *r)
@@ -826,12 +894,16 @@ int broker_links_start(broker *b, const char *auction_url, const char *presence_
 	if (rc != 0)
 		return rc;
 	broker_presence_reset((uint32_t)instances);
+	broker_presence_restored(&b->book);
 	rc = open_pair(b, "broker-auction", RB_BUS_PAIR, auction_url, auction_recv, auction_pipe,
 	               &b->auction);
-	// Polyamorous: one connection per presence instance, each message sent to one of them.
+	// With several presence instances the link is polyamorous: one connection per instance,
+	// each message sent to one of them. With one, it is a plain pair: nng 1.5.2's polyamorous
+	// pair1 queues only two messages per connection and silently drops the rest (a burst of
+	// Offers released by one journal flush would lose some), while a plain pair waits.
 	if (rc == 0)
-		rc = open_pair(b, "broker-presence", RB_BUS_PAIR_POLY, presence_url, presence_recv,
-		               presence_pipe, &b->presence);
+		rc = open_pair(b, "broker-presence", instances > 1 ? RB_BUS_PAIR_POLY : RB_BUS_PAIR,
+		               presence_url, presence_recv, presence_pipe, &b->presence);
 	if (rc != 0)
 		return rc;
 	rb_bus_opts opts = {

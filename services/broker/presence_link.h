@@ -10,7 +10,6 @@
 #include "broker.h"
 #include "ringbid.pb-c.h"
 
-#define BROKER_PRESENCE_ID_MAX    63 // RINGBID_PRESENCE_ID is 0..63
 #define BROKER_PRESENCE_INSTANCES 64
 
 // --- bookkeeping (implemented in links.c; one broker per process) ---------------------------
@@ -21,6 +20,11 @@
 void broker_presence_reset(uint32_t instances);
 // Frees what the bookkeeping holds. Safe to call twice.
 void broker_presence_fini(void);
+// After the journal's replay: each call at an agent places its agent at the instance
+// journaled with the call (as a Match would).
+void broker_presence_restored(const broker_book *book);
+// A fresh CallSync id: never 0, growing, and unlike the ids of an earlier broker process.
+uint64_t broker_presence_sync_id(void);
 // Connection pipe sent an Envelope naming presence_id. Returns 1 when this is the first word
 // of that connection (its instance is known from now on: time for its CallSync), 0 when it was
 // known already, RB_EINVAL for an id outside 0..BROKER_PRESENCE_ID_MAX or a connection that
@@ -49,10 +53,24 @@ bool broker_presence_stats_sum(uint32_t *out, size_t n);
 
 // --- routing (links.c) ----------------------------------------------------------------------
 
+// One chunk of a CallSync, valid during the call only. Returns 0, or a code to stop the sync.
+typedef int (*broker_sync_emit_fn)(const Ringbid__CallSync *cs, void *arg);
+// The CallSync of presence instance presence_id: every OFFERED and CONNECTED call whose newest
+// offer was made at that instance, in chunks of at most chunk calls, each carrying sync_id,
+// the first marked first and the last marked last (a single chunk with both marks when there
+// are none). emit is called once per chunk, in order; when it returns a code, no further chunk
+// is built, so the instance never sees the last mark and withdraws nothing. *count (may be
+// NULL) gets the calls of the chunks emitted. Returns 0, RB_ENOMEM (nothing emitted) or emit's
+// code.
+int broker_presence_call_sync(broker *b, uint32_t presence_id, uint64_t sync_id, size_t chunk,
+                              broker_sync_emit_fn emit, void *arg, size_t *count);
+
 // Addresses msg, the packed env for the presence link, to the instance it concerns (the pipe
-// set on msg). Returns 0: msg carries its pipe, send it as usual; 1: msg was taken here (freed
-// because no connection is there for it). Copies for further instances are sent here, after
-// the journal when gated.
+// set on msg): an OfferCancel or CallEnded to the instance where the call's newest offer went
+// to that agent (broker_call_presence), any other message about an agent by where the agent
+// is (broker_presence_targets), an answer back to the connection being handled. Returns 0:
+// msg carries its pipe, send it as usual; 1: msg was taken here (freed because no connection
+// is there for it). Copies for further instances are sent here, after the journal when gated.
 int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg, bool gated);
 // A Match from the auction, before the broker acts on it: notes where the agent is. Returns
 // false when the Match was dealt with here because its instance has no connection (the agent

@@ -65,6 +65,9 @@ struct presence_agent {
 
 	// What was settled last, so that repeats are answered and not refused.
 	uint64_t last_offer_id;
+	// The offer the agent accepted for call_id (ON_CALL) or, once over, for ended_call_id;
+	// 0 when the broker's CallSync put the agent on the call.
+	uint64_t accepted_offer_id;
 	char ended_call_id[PRESENCE_ID_MAX + 1];
 	bool ended_by_agent;
 	bool ended_sale; // the agent's marks on the call it ended, repeated with the hang-up
@@ -111,7 +114,11 @@ struct presence_core {
 	uint32_t counts[PRESENCE_NSTATES];
 	uint64_t scheduled; // deadline last handed to ops.schedule; 0 none
 	uint64_t snapshot_id;
+	// A CallSync may come in chunks: agents named by the chunks of the open sync carry its
+	// sync_gen, and what the broker did not name is over only once its last chunk is in.
 	uint64_t sync_gen;
+	uint64_t sync_id;
+	bool sync_open;
 	uint64_t roster_gen;
 	bool bulk; // inside a full roster load: the auction gets one snapshot at the end
 	// A full scores load: agents not mentioned lose their program scores, and the agents that
@@ -520,13 +527,15 @@ static void offer_event(presence_core *c, const presence_agent *a)
 static const char *const result_names[5] = {"ACCEPTED", "DECLINED", "TIMEOUT", "AGENT_LOST",
                                             "REFUSED"};
 
-static void offer_result(presence_core *c, uint64_t offer_id, const char *call_id,
-                         uint64_t agent_id, Ringbid__OfferResultCode code)
+// again: the result was given before (to a broker that has since restarted); it is not
+// counted twice.
+static void send_result(presence_core *c, uint64_t offer_id, const char *call_id, uint64_t agent_id,
+                        Ringbid__OfferResultCode code, bool again)
 {
-	if ((unsigned)code < 5)
+	if ((unsigned)code < 5 && !again)
 		c->stats.offers[code]++;
-	rb_logf(RB_LOG_INFO, call_id, agent_id, "offer %llu: %s", (unsigned long long)offer_id,
-	        (unsigned)code < 5 ? result_names[code] : "?");
+	rb_logf(RB_LOG_INFO, call_id, agent_id, "offer %llu: %s%s", (unsigned long long)offer_id,
+	        (unsigned)code < 5 ? result_names[code] : "?", again ? " (again)" : "");
 	if (c->ops.broker == NULL)
 		return;
 	Ringbid__OfferResult r = RINGBID__OFFER_RESULT__INIT;
@@ -538,6 +547,12 @@ static void offer_result(presence_core *c, uint64_t offer_id, const char *call_i
 	e.body_case = RINGBID__ENVELOPE__BODY_OFFER_RESULT;
 	e.offer_result = &r;
 	c->ops.broker(c->ops.arg, &e);
+}
+
+static void offer_result(presence_core *c, uint64_t offer_id, const char *call_id,
+                         uint64_t agent_id, Ringbid__OfferResultCode code)
+{
+	send_result(c, offer_id, call_id, agent_id, code, false);
 }
 
 static void agent_hangup(presence_core *c, uint64_t agent_id, const char *call_id, bool sale,
@@ -865,6 +880,7 @@ int presence_core_answer(presence_core *c, presence_agent *a, uint64_t offer_id,
 			offer_result(c, offer_id, a->call_id, a->id,
 			             RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
 			a->missed = 0;
+			a->accepted_offer_id = offer_id;
 			a->answered_us = wall(c);
 			presence_transition(c, a, PRESENCE_ON_CALL, "accepted");
 			call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED, offer_id,
@@ -1009,6 +1025,7 @@ static int sync_connected(presence_core *c, const Ringbid__AgentCall *ac, uint64
 		           "offer withdrawn");
 	copy_str(a->call_id, sizeof(a->call_id), ac->call_id);
 	copy_str(a->program, sizeof(a->program), ac->program);
+	a->accepted_offer_id = 0;
 	a->wrap_up_s = ac->wrap_up_s;
 	a->answered_us = ac->answered_us != 0 ? ac->answered_us : wall(c);
 	if (a->state == PRESENCE_ON_CALL)
@@ -1020,30 +1037,39 @@ static int sync_connected(presence_core *c, const Ringbid__AgentCall *ac, uint64
 	return 0;
 }
 
-int presence_core_call_sync(presence_core *c, const Ringbid__CallSync *cs)
+// An OFFERED entry: the broker waits for this offer's result. The agent may have answered it
+// while the broker was down (a broker that restarts before the record of the answer reached
+// its disk still has the call OFFERED): an accepted offer is accepted again, so that the broker
+// connects the agent it is talking to rather than offer the call to another.
+static void sync_offered(presence_core *c, const Ringbid__AgentCall *ac, uint64_t gen)
 {
-	for (size_t i = 0; i < cs->n_calls; i++)
-		if (!valid_agent_call(cs->calls[i]))
-			return RB_EINVAL;
-	uint64_t gen = ++c->sync_gen;
-	int rv = 0;
-	for (size_t i = 0; i < cs->n_calls; i++) {
-		const Ringbid__AgentCall *ac = cs->calls[i];
-		if (ac->state == RINGBID__CALL_STATE__CALL_CONNECTED) {
-			int r = sync_connected(c, ac, gen);
-			if (r != 0)
-				rv = r;
-			continue;
-		}
-		presence_agent *a = presence_core_find(c, ac->agent_id);
-		if (a != NULL && a->state == PRESENCE_RESERVED && a->offer_id == ac->offer_id) {
-			a->sync_gen = gen;
-			continue;
-		}
-		offer_result(c, ac->offer_id, ac->call_id, ac->agent_id,
-		             RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+	presence_agent *a = presence_core_find(c, ac->agent_id);
+	if (a != NULL && a->state == PRESENCE_RESERVED && a->offer_id == ac->offer_id) {
+		a->sync_gen = gen;
+		return;
 	}
-	// What presence holds and the broker does not know is over.
+	bool accepted = a != NULL && a->accepted_offer_id == ac->offer_id;
+	if (accepted && a->state == PRESENCE_ON_CALL && strcmp(a->call_id, ac->call_id) == 0) {
+		send_result(c, ac->offer_id, ac->call_id, a->id,
+		            RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED, true);
+		a->sync_gen = gen;
+		return;
+	}
+	if (accepted && a->ended_by_agent && strcmp(a->ended_call_id, ac->call_id) == 0) {
+		// The agent has even ended the call since: the broker hears both again, in order,
+		// and closes the call as completed instead of offering it to another agent.
+		send_result(c, ac->offer_id, ac->call_id, a->id,
+		            RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED, true);
+		agent_hangup(c, a->id, ac->call_id, a->ended_sale, a->ended_resolved);
+		return;
+	}
+	offer_result(c, ac->offer_id, ac->call_id, ac->agent_id,
+	             RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
+}
+
+// The end of a sync: what presence holds and the broker did not name is over.
+static void sync_sweep(presence_core *c, uint64_t gen)
+{
 	presence_agent *a = TAILQ_FIRST(&c->busy), *next;
 	for (; a != NULL; a = next) {
 		next = TAILQ_NEXT(a, busy);
@@ -1061,6 +1087,57 @@ int presence_core_call_sync(presence_core *c, const Ringbid__CallSync *cs)
 			           "call no longer at the broker");
 			enter_wrap_up(c, a, a->wrap_up_s, "call no longer at the broker");
 		}
+	}
+}
+
+int presence_core_call_sync(presence_core *c, const Ringbid__CallSync *cs)
+{
+	bool valid = (cs->sync_id != 0 || (!cs->first && !cs->last));
+	for (size_t i = 0; valid && i < cs->n_calls; i++)
+		valid = valid_agent_call(cs->calls[i]);
+	if (!valid) {
+		// A refused chunk leaves the picture incomplete, whichever sync it belonged to:
+		// the open sync withdraws nothing.
+		if (c->sync_open) {
+			rb_logf(RB_LOG_WARN, NULL, 0,
+			        "call sync %llu: a chunk was refused; nothing will be withdrawn",
+			        (unsigned long long)c->sync_id);
+			c->sync_open = false;
+		}
+		return RB_EINVAL;
+	}
+	if (cs->first) {
+		if (c->sync_open)
+			rb_logf(RB_LOG_INFO, NULL, 0,
+			        "call sync %llu left unfinished: sync %llu begins",
+			        (unsigned long long)c->sync_id, (unsigned long long)cs->sync_id);
+		c->sync_open = true;
+		c->sync_id = cs->sync_id;
+		c->sync_gen++;
+	} else if (!c->sync_open || cs->sync_id != c->sync_id) {
+		// A chunk whose first was not seen: each entry still holds on its own, but the
+		// picture is not whole, so nothing is withdrawn for want of a mention.
+		rb_logf(RB_LOG_WARN, NULL, 0,
+		        "call sync %llu: a chunk without its first; its calls are settled, nothing "
+		        "is withdrawn",
+		        (unsigned long long)cs->sync_id);
+		c->sync_open = false;
+	}
+	uint64_t gen = c->sync_gen;
+	int rv = 0;
+	for (size_t i = 0; i < cs->n_calls; i++) {
+		const Ringbid__AgentCall *ac = cs->calls[i];
+		if (ac->state == RINGBID__CALL_STATE__CALL_CONNECTED) {
+			int r = sync_connected(c, ac, gen);
+			if (r != 0)
+				rv = r;
+			continue;
+		}
+		sync_offered(c, ac, gen);
+	}
+	if (cs->last && c->sync_open) {
+		c->sync_open = false;
+		sync_sweep(c, gen);
 	}
 	return rv;
 }

@@ -217,6 +217,12 @@ void presence_core_pipe_closed(presence_core *c, uint32_t pipe);
 int presence_core_offer(presence_core *c, const Ringbid__Offer *o);
 int presence_core_offer_cancel(presence_core *c, const Ringbid__OfferCancel *oc);
 int presence_core_call_ended(presence_core *c, const Ringbid__CallEnded *ce);
+// One chunk of the broker's CallSync. Each entry is settled as it arrives (an offer kept, or
+// accepted again when the agent accepted it meanwhile, or AGENT_LOST; a connected call makes
+// its agent ON_CALL); offers and calls the broker did not list are withdrawn and ended only at
+// the last chunk of a sync whose first chunk was seen, with no chunk of it refused. Returns 0,
+// RB_EINVAL (an entry not valid, or first/last without a sync_id: nothing of the chunk is
+// applied, and the open sync withdraws nothing) or RB_ENOMEM.
 int presence_core_call_sync(presence_core *c, const Ringbid__CallSync *cs);
 // Fills counts for PresenceStats (PRESENCE_NSTATES entries).
 void presence_core_stats_msg(const presence_core *c, Ringbid__AgentCount counts[PRESENCE_NSTATES],

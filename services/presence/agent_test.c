@@ -1126,6 +1126,8 @@ static void test_call_sync(void **state)
 	Ringbid__CallSync cs = RINGBID__CALL_SYNC__INIT;
 	cs.calls = calls;
 	cs.n_calls = 4;
+	cs.first = cs.last = true;
+	cs.sync_id = 1;
 	clear(f);
 	// One bad entry: the whole sync is refused and nothing changes.
 	assert_int_equal(presence_core_call_sync(f->c, &cs), RB_EINVAL);
@@ -1150,8 +1152,9 @@ static void test_call_sync(void **state)
 	assert_int_equal(f->bm[0].offer_id, 13);
 	assert_int_equal(f->bm[0].agent_id, 4);
 
-	// The same sync again changes nothing more.
+	// The same picture again changes nothing more.
 	uint64_t seq77 = presence_agent_state_seq(a77);
+	cs.sync_id = 2;
 	clear(f);
 	assert_int_equal(presence_core_call_sync(f->c, &cs), 0);
 	assert_int_equal(presence_agent_state_seq(a77), seq77);
@@ -1189,6 +1192,8 @@ static void test_sync_resends_hangup(void **state)
 	Ringbid__CallSync cs = RINGBID__CALL_SYNC__INIT;
 	cs.calls = calls;
 	cs.n_calls = 1;
+	cs.first = cs.last = true;
+	cs.sync_id = 1;
 	clear(f);
 	assert_int_equal(presence_core_call_sync(f->c, &cs), 0);
 	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
@@ -1199,12 +1204,220 @@ static void test_sync_resends_hangup(void **state)
 	// A connected call the agent did not end puts it ON_CALL from AVAILABLE.
 	presence_core_set_state(f->c, a, PRESENCE_AVAILABLE);
 	ac.call_id = "c2";
+	cs.sync_id = 2;
 	clear(f);
 	assert_int_equal(presence_core_call_sync(f->c, &cs), 0);
 	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
 	assert_string_equal(presence_agent_call_id(a), "c2");
 	assert_non_null(find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
 	                            RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED));
+	fx_free(f);
+}
+
+// One AgentCall for a sync.
+static Ringbid__AgentCall *sync_entry(Ringbid__AgentCall *ac, uint64_t agent_id,
+                                      const char *call_id, uint64_t offer_id)
+{
+	ringbid__agent_call__init(ac);
+	ac->agent_id = agent_id;
+	ac->call_id = (char *)call_id;
+	ac->offer_id = offer_id;
+	ac->program = "sales";
+	ac->wrap_up_s = 30;
+	ac->state = offer_id != 0 ? RINGBID__CALL_STATE__CALL_OFFERED
+	                          : RINGBID__CALL_STATE__CALL_CONNECTED;
+	return ac;
+}
+
+static int sync_chunk(fx *f, uint64_t sync_id, bool first, bool last, Ringbid__AgentCall **calls,
+                      size_t n)
+{
+	Ringbid__CallSync cs = RINGBID__CALL_SYNC__INIT;
+	cs.calls = calls;
+	cs.n_calls = n;
+	cs.first = first;
+	cs.last = last;
+	cs.sync_id = sync_id;
+	return presence_core_call_sync(f->c, &cs);
+}
+
+static size_t count_hangups(const fx *f, const char *call_id)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < f->nbm; i++)
+		if (f->bm[i].body == RINGBID__ENVELOPE__BODY_AGENT_HANGUP &&
+		    strcmp(f->bm[i].call_id, call_id) == 0)
+			n++;
+	return n;
+}
+
+// The broker died after the agent accepted but before its CONNECTED record reached the disk:
+// the restarted broker lists the call OFFERED with that offer. The agent keeps its call and the
+// broker hears ACCEPTED again; a call the agent has ended since is accepted and hung up again.
+static void test_sync_accepted_before_broker_restart(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a1 = ready_agent(f, 1, 11, NULL);
+	presence_agent *a2 = ready_agent(f, 2, 22, NULL);
+	presence_agent *a3 = ready_agent(f, 3, 33, NULL);
+	offer(f, 10, "k1", 1, 15000, 30);
+	offer(f, 11, "k2", 2, 15000, 30);
+	offer(f, 12, "k3", 3, 15000, 30);
+	assert_int_equal(presence_core_answer(f->c, a1, 10, true), 0);
+	assert_int_equal(presence_core_answer(f->c, a2, 11, true), 0);
+	assert_int_equal(presence_core_answer(f->c, a3, 12, true), 0);
+	assert_int_equal(presence_core_end_call(f->c, a2, "k2", true, false), 0);
+	uint64_t accepted = presence_core_stats(f->c)->offers[0];
+	uint64_t seq1 = presence_agent_state_seq(a1);
+
+	Ringbid__AgentCall e1, e2, e3;
+	Ringbid__AgentCall *calls[] = {
+	        sync_entry(&e1, 1, "k1", 10), sync_entry(&e2, 2, "k2", 11),
+	        sync_entry(&e3, 3, "k3", 99), // an offer agent 3 never accepted
+	};
+	clear(f);
+	assert_int_equal(sync_chunk(f, 5, true, true, calls, 3), 0);
+
+	// Agent 1 stays on its call, its client hears nothing, the broker hears ACCEPTED.
+	assert_int_equal(presence_agent_state(a1), PRESENCE_ON_CALL);
+	assert_string_equal(presence_agent_call_id(a1), "k1");
+	assert_int_equal(presence_agent_state_seq(a1), seq1);
+	for (size_t i = 0; i < f->ncm; i++)
+		assert_int_not_equal(f->cm[i].pipe, 11);
+	size_t n1 = 0;
+	for (size_t i = 0; i < f->nbm; i++) {
+		const bmsg *m = &f->bm[i];
+		if (m->agent_id != 1)
+			continue;
+		n1++;
+		assert_int_equal(m->body, RINGBID__ENVELOPE__BODY_OFFER_RESULT);
+		assert_int_equal(m->result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+		assert_int_equal(m->offer_id, 10);
+		assert_string_equal(m->call_id, "k1");
+	}
+	assert_int_equal(n1, 1);
+
+	// Agent 2 ended its call: ACCEPTED, then the hang-up, in that order; still in wrap-up.
+	assert_int_equal(presence_agent_state(a2), PRESENCE_WRAP_UP);
+	size_t i2 = 0;
+	while (i2 < f->nbm && f->bm[i2].agent_id != 2)
+		i2++;
+	assert_true(i2 + 1 < f->nbm);
+	assert_int_equal(f->bm[i2].body, RINGBID__ENVELOPE__BODY_OFFER_RESULT);
+	assert_int_equal(f->bm[i2].result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	assert_int_equal(f->bm[i2].offer_id, 11);
+	assert_int_equal(f->bm[i2 + 1].body, RINGBID__ENVELOPE__BODY_AGENT_HANGUP);
+	assert_string_equal(f->bm[i2 + 1].call_id, "k2");
+	assert_int_equal(count_hangups(f, "k2"), 1);
+
+	// Agent 3 is on k3 through another offer: that entry is lost, and k3, which the broker
+	// does not list as connected, is over.
+	assert_int_equal(count_results(f, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST), 1);
+	const bmsg *lost = last_result(f);
+	assert_int_equal(lost->agent_id, 3);
+	assert_int_equal(lost->offer_id, 99);
+	assert_int_equal(presence_agent_state(a3), PRESENCE_WRAP_UP);
+
+	// The repeats are not counted as new answers.
+	assert_int_equal(presence_core_stats(f->c)->offers[0], accepted);
+
+	// Once connected, the next sync lists k1 CONNECTED: nothing more is said.
+	Ringbid__AgentCall c1;
+	Ringbid__AgentCall *calls2[] = {sync_entry(&c1, 1, "k1", 0)};
+	clear(f);
+	assert_int_equal(sync_chunk(f, 6, true, true, calls2, 1), 0);
+	assert_int_equal(presence_agent_state(a1), PRESENCE_ON_CALL);
+	assert_int_equal(f->nbm, 0);
+	fx_free(f);
+}
+
+// A CallSync in chunks: what the broker did not list is over only after the last chunk of the
+// same sync; a sync that does not finish withdraws nothing.
+static void test_sync_in_chunks(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a[7];
+	for (uint64_t id = 1; id <= 6; id++) {
+		a[id] = ready_agent(f, id, (uint32_t)(10 + id), NULL);
+		char call[16];
+		snprintf(call, sizeof(call), "c%llu", (unsigned long long)id);
+		offer(f, 100 + id, call, id, 60000, 30);
+		if (id >= 4) // 1..3 ringing, 4..6 talking
+			assert_int_equal(presence_core_answer(f->c, a[id], 100 + id, true), 0);
+	}
+	Ringbid__AgentCall e[7];
+	Ringbid__AgentCall *p[7];
+	for (uint64_t id = 1; id <= 6; id++) {
+		char *call = calloc(1, 16);
+		assert_non_null(call);
+		snprintf(call, 16, "c%llu", (unsigned long long)id);
+		p[id] = sync_entry(&e[id], id, call, id <= 3 ? 100 + id : 0);
+	}
+
+	// Sync 7 in three chunks; agents 3 and 6 are in none.
+	clear(f);
+	assert_int_equal(sync_chunk(f, 7, true, false, (Ringbid__AgentCall *[]){p[1], p[4]}, 2), 0);
+	assert_int_equal(sync_chunk(f, 7, false, false, (Ringbid__AgentCall *[]){p[2], p[5]}, 2),
+	                 0);
+	for (uint64_t id = 1; id <= 3; id++)
+		assert_int_equal(presence_agent_state(a[id]), PRESENCE_RESERVED);
+	for (uint64_t id = 4; id <= 6; id++)
+		assert_int_equal(presence_agent_state(a[id]), PRESENCE_ON_CALL);
+	assert_int_equal(f->nbm, 0);
+	assert_int_equal(sync_chunk(f, 7, false, true, NULL, 0), 0);
+	assert_int_equal(presence_agent_state(a[1]), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_state(a[2]), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_state(a[3]), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_agent_state(a[4]), PRESENCE_ON_CALL);
+	assert_int_equal(presence_agent_state(a[5]), PRESENCE_ON_CALL);
+	assert_int_equal(presence_agent_state(a[6]), PRESENCE_WRAP_UP);
+
+	// A sync whose first chunk was lost: its calls are settled, nothing is withdrawn, not
+	// even by its last chunk.
+	clear(f);
+	assert_int_equal(sync_chunk(f, 8, false, false, (Ringbid__AgentCall *[]){p[1]}, 1), 0);
+	assert_int_equal(sync_chunk(f, 8, false, true, NULL, 0), 0);
+	assert_int_equal(presence_agent_state(a[2]), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_state(a[5]), PRESENCE_ON_CALL);
+
+	// A sync left open by a broker that restarted: a chunk of the new sync that is not its
+	// first ends it without withdrawing anything, and the new one begins with its first.
+	assert_int_equal(sync_chunk(f, 9, true, false, (Ringbid__AgentCall *[]){p[1]}, 1), 0);
+	assert_int_equal(sync_chunk(f, 10, false, true, (Ringbid__AgentCall *[]){p[4]}, 1), 0);
+	assert_int_equal(presence_agent_state(a[2]), PRESENCE_RESERVED);
+	assert_int_equal(sync_chunk(f, 9, false, true, NULL, 0), 0); // the old one's late end
+	assert_int_equal(presence_agent_state(a[2]), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_state(a[5]), PRESENCE_ON_CALL);
+
+	// A first chunk of another sync restarts the comparison: only its own chunks count.
+	assert_int_equal(sync_chunk(f, 11, true, false, (Ringbid__AgentCall *[]){p[2]}, 1), 0);
+	assert_int_equal(sync_chunk(f, 12, true, false, (Ringbid__AgentCall *[]){p[1], p[4]}, 2),
+	                 0);
+	assert_int_equal(sync_chunk(f, 12, false, true, (Ringbid__AgentCall *[]){p[5]}, 1), 0);
+	assert_int_equal(presence_agent_state(a[1]), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_state(a[2]), PRESENCE_AVAILABLE); // named by 11 only
+	assert_int_equal(presence_agent_state(a[4]), PRESENCE_ON_CALL);
+	assert_int_equal(presence_agent_state(a[5]), PRESENCE_ON_CALL);
+
+	// A refused chunk leaves its sync incomplete: nothing is withdrawn at its end.
+	Ringbid__AgentCall bad;
+	sync_entry(&bad, 4, "bad id", 0);
+	clear(f);
+	assert_int_equal(sync_chunk(f, 13, true, false, (Ringbid__AgentCall *[]){p[1]}, 1), 0);
+	assert_int_equal(sync_chunk(f, 13, false, false, (Ringbid__AgentCall *[]){&bad}, 1),
+	                 RB_EINVAL);
+	assert_int_equal(sync_chunk(f, 13, false, true, NULL, 0), 0);
+	assert_int_equal(presence_agent_state(a[4]), PRESENCE_ON_CALL);
+	assert_int_equal(presence_agent_state(a[5]), PRESENCE_ON_CALL);
+	assert_int_equal(f->nbm, 0);
+	// Marks without a sync id are refused.
+	assert_int_equal(sync_chunk(f, 0, true, true, NULL, 0), RB_EINVAL);
+	assert_int_equal(presence_agent_state(a[1]), PRESENCE_RESERVED);
+
+	for (uint64_t id = 1; id <= 6; id++)
+		free(e[id].call_id);
 	fx_free(f);
 }
 
@@ -1641,6 +1854,8 @@ int main(void)
 	        cmocka_unit_test(test_session_expiry),
 	        cmocka_unit_test(test_call_sync),
 	        cmocka_unit_test(test_sync_resends_hangup),
+	        cmocka_unit_test(test_sync_accepted_before_broker_restart),
+	        cmocka_unit_test(test_sync_in_chunks),
 	        cmocka_unit_test(test_roster_changes),
 	        cmocka_unit_test(test_bulk_load_and_snapshot),
 	        cmocka_unit_test(test_scores_change_detection),

@@ -2,12 +2,15 @@
 """Presence scaled out: a stack with two presence instances, agents on both. Calls go to the best
 agent whichever instance holds it; an offer reaches only its agent's instance; when one instance
 is killed its agents leave the auction and calls go to the other's, and when it comes back its
-agents take calls again. No call is ever connected to two agents.
+agents take calls again. No call is ever connected to two agents. The broker, killed while
+calls ring and talk at both instances, comes back knowing each call's instance (journaled with
+the call): every call ends normally, none at two agents.
 """
 
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import expect, expect_eq, run_tests, wait_until  # noqa: E402
@@ -161,6 +164,77 @@ def test_no_call_at_two_agents_under_churn(st):
                 open_call = e.get("call_id")
             elif e.get("event") == "call_ended" and e.get("call_id") == open_call:
                 open_call = None
+
+
+def test_broker_killed_with_calls_at_both_instances(st):
+    tag = "brkill"
+    talkers = [(9331, 90), (9332, 88)]  # answer at once; the caller ends each call
+    ringers = [(9333, 60), (9334, 58)]  # let offers ring; the test accepts them
+    setup(st, tag, talkers + ringers, ring_timeout=40, wrap_up=0)
+    t = [st.start_agent(aid, "--auto-answer", LONG, *on_instance(st, k))
+         for k, (aid, _) in enumerate(talkers)]
+    st.wait_agent_count("AVAILABLE", 2)
+    talk_calls = {}
+    for i in range(2):
+        cid = st.unique("brk-talk%d" % i)
+        talk_calls[cid] = st.place_call(tag, id=cid, talk=25, background=True)
+    for cid in talk_calls:
+        wait_until(lambda c=cid: connected_to(t, c), 15, "%s connected to a talker" % cid)
+    # Both talkers busy: the next calls ring at the ringers, one on each instance.
+    r = [st.start_agent(aid, "--ignore-offers", *on_instance(st, k))
+         for k, (aid, _) in enumerate(ringers)]
+    st.wait_agent_count("AVAILABLE", 2)
+    ring_calls = {}
+    for i in range(2):
+        cid = st.unique("brk-ring%d" % i)
+        ring_calls[cid] = st.place_call(tag, id=cid, talk=2, background=True)
+    offers = {}
+    for cid in ring_calls:
+        def offered_at(c=cid):
+            return [a for a in r if offered(a, c)]
+        who = wait_until(offered_at, 15, "an offer of %s at a ringer" % cid)
+        offers[cid] = who[0]
+    expect_eq(sorted(a.agent_id for a in offers.values()), [9333, 9334],
+              "the ringing agents (one per instance)")
+    talking = {c: connected_to(t, c)[0] for c in talk_calls}
+    expect_eq(sorted(talking.values()), [9331, 9332], "the talking agents (one per instance)")
+    marks = {a.agent_id: a.mark() for a in t + r}
+
+    st.kill_service("broker", signal.SIGKILL)
+    st.up_again()
+    wait_until(lambda: st.http_get(81, "/readyz")[0] == 200, 30, "/readyz of the broker")
+    # Each instance got its own calls back: the offers still ring, the calls still talk.
+    for cid, a in offers.items():
+        info = wait_until(lambda c=cid: st.call_info(c), 10, "call-info of %s" % cid)
+        expect_eq((info.get("state"), int(info.get("agent_id") or 0)), ("offered", a.agent_id),
+                  "%s after the broker's restart" % cid)
+    for cid, aid in talking.items():
+        info = st.call_info(cid)
+        expect_eq((info.get("state"), int(info.get("agent_id") or 0)), ("connected", aid),
+                  "%s after the broker's restart" % cid)
+    time.sleep(1.5)  # the CallSyncs have been answered by now
+    for a in t + r:
+        expect(not a.find("offer_withdrawn", after=marks[a.agent_id]),
+               "agent %d: an offer was withdrawn by the restart: %s", a.agent_id,
+               a.summary(marks[a.agent_id]))
+        expect(not a.find("call_ended", after=marks[a.agent_id]),
+               "agent %d: a call was ended by the restart: %s", a.agent_id,
+               a.summary(marks[a.agent_id]))
+
+    # The ringing offers are accepted at the restarted broker and run their course.
+    for cid, a in offers.items():
+        a.send("accept")
+        a.wait_event("call_connected", lambda e, c=cid: e.get("call_id") == c, 10)
+    for cid, a in offers.items():
+        check_call(ring_calls[cid].result(40), a.agent_id, "ringing call %s" % cid)
+    for cid, aid in talking.items():
+        check_call(talk_calls[cid].result(60), aid, "talking call %s" % cid)
+    everyone = t + r
+    for cid in list(talk_calls) + list(ring_calls):
+        expect_eq(len(connected_to(everyone, cid)), 1, "agents connected to %s" % cid)
+        info = st.call_info(cid)
+        expect_eq(int(info.get("offers") or 0), 1, "offers of %s" % cid)
+    st.wait_calls_settled(20)
 
 
 if __name__ == "__main__":
