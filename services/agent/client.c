@@ -199,6 +199,8 @@ static void req_send(agent_client *c, agent_req *r)
 	r->tries++;
 	r->sent = true;
 	r->due_ms = now_ms(c) + AGENT_REQ_RESEND_MS;
+	c->spoke_ms = now_ms(c);
+	c->spoke_wall_us = c->ops.wall_us(c->ops.arg);
 	int rv = c->ops.send(c->ops.arg, &m);
 	if (rv != 0)
 		rb_logf(RB_LOG_WARN, NULL, c->cfg.agent_id,
@@ -312,6 +314,9 @@ static void set_phase(agent_client *c, agent_phase next)
 	case AGENT_PHASE_ACTIVE:
 		c->backoff_ms = 0;
 		c->heartbeat_due_ms = now_ms(c) + c->cfg.heartbeat_ms;
+		// Presence just answered a request of ours: it has heard from us.
+		c->spoke_ms = now_ms(c);
+		c->spoke_wall_us = c->ops.wall_us(c->ops.arg);
 		req_flush(c);
 		break;
 	case AGENT_PHASE_LOGOUT:
@@ -937,6 +942,23 @@ void agent_client_link(agent_client *c, bool up)
 	}
 }
 
+// True when the client has said nothing for AGENT_SILENT_HEARTBEATS heartbeat intervals on a
+// live session: its process was stopped or the computer slept, and presence may have counted
+// the link lost meanwhile, though the connection survived. The wall clock counts too, because
+// the monotonic one stands still while a computer is suspended.
+static bool slept(const agent_client *c, uint64_t now)
+{
+	uint64_t limit = AGENT_SILENT_HEARTBEATS * c->cfg.heartbeat_ms;
+	uint64_t wall = c->ops.wall_us(c->ops.arg);
+
+	if (c->phase != AGENT_PHASE_ACTIVE || !c->link_up)
+		return false;
+	if (now > c->spoke_ms && now - c->spoke_ms >= limit)
+		return true;
+	return c->spoke_wall_us != 0 && wall > c->spoke_wall_us &&
+	       (wall - c->spoke_wall_us) / 1000 >= limit;
+}
+
 void agent_client_tick(agent_client *c)
 {
 	uint64_t now = now_ms(c);
@@ -954,6 +976,15 @@ void agent_client_tick(agent_client *c)
 		else
 			set_phase(c, c->token[0] ? AGENT_PHASE_RESUME : AGENT_PHASE_LOGIN);
 	}
+	if (slept(c, now)) {
+		// Presence keeps a call (and wrap-up) across a lost link and says nothing new
+		// about it, so only an explicit Resume shows the agent that the session is
+		// back, and with which call.
+		rb_logf(RB_LOG_INFO, NULL, c->cfg.agent_id,
+		        "silent for %" PRIu64 " ms (asleep or stopped): resuming the session",
+		        now - c->spoke_ms);
+		set_phase(c, AGENT_PHASE_RESUME);
+	}
 
 	for (int i = 0; i < c->npending && c->phase != AGENT_PHASE_DONE;) {
 		agent_req *r = &c->pending[i];
@@ -966,7 +997,15 @@ void agent_client_tick(agent_client *c)
 			req_remove(c, r);
 			continue;
 		}
-		if (r->tries < AGENT_REQ_TRIES) {
+		// A login is never given up while the link holds: presence checks secrets a few
+		// at a time, answers the first send and ignores the repeats, so a login may
+		// wait in its queue longer than all the resends. A new request number would be
+		// refused as busy, and the real answer, under the old one, would be lost.
+		if (r->tries < AGENT_REQ_TRIES || r->kind == RINGBID__AGENT_MSG__BODY_LOGIN) {
+			if (r->tries == AGENT_REQ_TRIES)
+				rb_logf(RB_LOG_WARN, NULL, c->cfg.agent_id,
+				        "no answer to login after %d tries: still waiting",
+				        AGENT_REQ_TRIES);
 			rb_logf(RB_LOG_DEBUG, NULL, c->cfg.agent_id,
 			        "no answer to %s (seq %" PRIu64 "): sending again",
 			        kind_name(r->kind), r->seq);

@@ -16,11 +16,12 @@
 #define AGENT_TOKEN_MAX            128  // longest session token accepted from presence
 #define AGENT_TEXT_MAX             256  // reasons and error messages kept for display
 #define AGENT_REQ_RESEND_MS        2000 // a request unanswered this long is sent again
-#define AGENT_REQ_TRIES            5    // sends of one request before it is given up
+#define AGENT_REQ_TRIES            5    // sends before a request is given up (logins: never)
 #define AGENT_LOGOUT_WAIT_MS       2000 // how long a logout waits for presence before leaving anyway
 #define AGENT_LOGIN_BACKOFF_MIN_MS 1000
 #define AGENT_LOGIN_BACKOFF_MAX_MS 60000
 #define AGENT_PENDING_MAX          32 // requests in flight at once
+#define AGENT_SILENT_HEARTBEATS    2  // silent this many heartbeat intervals: resume explicitly
 
 // What to do with offers without asking anybody (--auto-answer, --decline, --ignore-offers).
 typedef enum {
@@ -154,6 +155,8 @@ typedef struct agent_client {
 	agent_offer offer;
 	agent_call call;
 	uint64_t heartbeat_due_ms;
+	uint64_t spoke_ms;       // monotonic time the client last sent presence anything
+	uint64_t spoke_wall_us;  // the same on the wall clock
 	uint64_t backoff_ms;     // current login backoff
 	uint64_t backoff_due_ms; // AGENT_PHASE_BACKOFF: retry login then
 	uint64_t logout_due_ms;  // AGENT_PHASE_LOGOUT: leave then, answered or not

@@ -720,23 +720,29 @@ static void test_login_slowdown_backoff(void **state)
 	fake_free(f);
 }
 
-static void test_login_unanswered_retries(void **state)
+// Presence checks secrets a few at a time and ignores repeats of a login it is checking: the
+// client keeps resending the same request and takes the answer whenever it comes.
+static void test_login_unanswered_keeps_waiting(void **state)
 {
 	fake *f = fake_new(AGENT_OFFERS_ASK, 0, false);
 	(void)state;
 
 	agent_client_link(&f->c, true);
 	uint64_t seq = last_sent(f)->seq;
-	for (int i = 0; i < 4; i++)
-		advance(f, 2000);
-	assert_int_equal(count_of(f, RINGBID__AGENT_MSG__BODY_LOGIN), 5);
-	assert_int_equal(last_sent(f)->seq, seq);
-	advance(f, 2000);
-	assert_int_equal(last_event(f)->kind, AGENT_EV_ERROR);
-	assert_int_equal(last_event(f)->code, RB_ETIMEDOUT);
-	assert_int_equal(agent_client_phase(&f->c), AGENT_PHASE_BACKOFF);
-	advance(f, AGENT_LOGIN_BACKOFF_MIN_MS);
-	assert_int_equal(count_of(f, RINGBID__AGENT_MSG__BODY_LOGIN), 6);
+	for (int i = 0; i < 4 * AGENT_REQ_TRIES; i++)
+		advance(f, AGENT_REQ_RESEND_MS);
+	assert_int_equal(count_of(f, RINGBID__AGENT_MSG__BODY_LOGIN), 4 * AGENT_REQ_TRIES + 1);
+	for (int i = 0; i < f->nsent; i++)
+		assert_int_equal(f->sent[i]->seq, seq); // one request, sent again and again
+	assert_int_equal(agent_client_phase(&f->c), AGENT_PHASE_LOGIN);
+	assert_int_equal(count_events(f, AGENT_EV_ERROR), 0);
+	reply_status(f, seq, RINGBID__AGENT_STATE__AGENT_NOT_READY, "", 0, TOKEN);
+	assert_int_equal(agent_client_phase(&f->c), AGENT_PHASE_ACTIVE);
+	assert_int_equal(last_event(f)->kind, AGENT_EV_LOGIN);
+	// A lost link ends the wait: the next connection gets a new login.
+	agent_client_link(&f->c, false);
+	f->c.token[0] = '\0';
+	agent_client_link(&f->c, true);
 	assert_true(last_sent(f)->seq > seq);
 	fake_free(f);
 }
@@ -925,6 +931,56 @@ static void test_offline_while_connected_resumes(void **state)
 	fake_free(f);
 }
 
+// The computer slept (or the process was stopped) during a call while the connection held:
+// presence counted the link lost but kept the call, and said nothing new about it. Awake, the
+// client resumes explicitly and shows the session back with its call.
+static void test_resumed_on_call_after_sleep(void **state)
+{
+	fake *f = fake_new(AGENT_OFFERS_ASK, 0, false);
+	(void)state;
+
+	logged_in(f, RINGBID__AGENT_STATE__AGENT_AVAILABLE);
+	push_call(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED, "call-s", 0, "");
+	push_status(f, RINGBID__AGENT_STATE__AGENT_ON_CALL, "call-s", 0, "accepted");
+	assert_non_null(agent_client_call(&f->c, NULL));
+	// Awake and working: heartbeats only, however long the call.
+	run_for(f, 60000);
+	assert_int_equal(count_of(f, RINGBID__AGENT_MSG__BODY_RESUME), 0);
+	int connected = count_events(f, AGENT_EV_CALL_CONNECTED);
+	int evs = f->nev;
+
+	// Asleep for four heartbeat intervals: the first tick after waking finds the silence.
+	advance(f, 4 * 5000);
+	Ringbid__AgentMsg *m = last_sent(f);
+	assert_int_equal(m->body_case, RINGBID__AGENT_MSG__BODY_RESUME);
+	assert_string_equal(m->token, TOKEN);
+	assert_int_equal(agent_client_phase(&f->c), AGENT_PHASE_RESUME);
+	// Presence's own notice of the lost link (the same state) changes nothing.
+	push_status(f, RINGBID__AGENT_STATE__AGENT_ON_CALL, "call-s", 0, "accepted");
+	reply_status(f, m->seq, RINGBID__AGENT_STATE__AGENT_ON_CALL, "call-s", 0, NULL);
+	int at = evs;
+	const seen_event *e = find_event(f, AGENT_EV_RESUMED, &at);
+	assert_non_null(e);
+	assert_int_equal(e->state, RINGBID__AGENT_STATE__AGENT_ON_CALL);
+	assert_string_equal(e->call_id, "call-s");
+	assert_int_equal(agent_client_phase(&f->c), AGENT_PHASE_ACTIVE);
+	// The same call goes on: not ended, not connected a second time.
+	assert_int_equal(count_events(f, AGENT_EV_CALL_CONNECTED), connected);
+	assert_int_equal(count_events(f, AGENT_EV_CALL_ENDED), 0);
+	assert_non_null(agent_client_call(&f->c, NULL));
+	// Heartbeats again, no loop of resumes.
+	run_for(f, 30000);
+	assert_int_equal(count_of(f, RINGBID__AGENT_MSG__BODY_RESUME), 1);
+	assert_int_equal(last_sent(f)->body_case, RINGBID__AGENT_MSG__BODY_HEARTBEAT);
+
+	// A suspended computer's monotonic clock stands still; the wall clock tells.
+	f->now_us += 4 * 5000 * 1000ULL;
+	agent_client_tick(&f->c);
+	assert_int_equal(last_sent(f)->body_case, RINGBID__AGENT_MSG__BODY_RESUME);
+	assert_int_equal(count_of(f, RINGBID__AGENT_MSG__BODY_RESUME), 2);
+	fake_free(f);
+}
+
 static void test_init_refuses_bad_config(void **state)
 {
 	agent_client c;
@@ -965,7 +1021,7 @@ int main(void)
 	        cmocka_unit_test(test_call_ended_by_caller),
 	        cmocka_unit_test(test_login_refused_exits_3),
 	        cmocka_unit_test(test_login_slowdown_backoff),
-	        cmocka_unit_test(test_login_unanswered_retries),
+	        cmocka_unit_test(test_login_unanswered_keeps_waiting),
 	        cmocka_unit_test(test_requests_wait_for_the_session),
 	        cmocka_unit_test(test_logout),
 	        cmocka_unit_test(test_bad_input_ignored),
@@ -973,6 +1029,7 @@ int main(void)
 	        cmocka_unit_test(test_offer_withdrawn_by_status),
 	        cmocka_unit_test(test_session_taken_over_leaves),
 	        cmocka_unit_test(test_offline_while_connected_resumes),
+	        cmocka_unit_test(test_resumed_on_call_after_sleep),
 	        cmocka_unit_test(test_init_refuses_bad_config),
 	};
 	rb_log_init("agent-test");

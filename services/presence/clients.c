@@ -17,6 +17,11 @@
 
 #define SLOWDOWN_KEYS_MAX 200000
 #define PEM_MAX           (1024 * 1024)
+// How long a repeat of a login already answered is ignored: a client resends after 2 s
+// without an answer, so a resend may cross the answer on its way. Checking it again would
+// open a second session and revoke the token the client is about to use. Past this, a
+// repeat is a client whose answer was lost, and it is checked afresh.
+#define LOGIN_REPEAT_US (10 * 1000000ULL)
 
 typedef struct pipe_rec pipe_rec;
 
@@ -43,6 +48,10 @@ typedef struct agent_rec {
 struct pipe_rec {
 	uint32_t pipe;
 	pending_login *login;
+	// The last login answered on this connection (seq 0: none), for LOGIN_REPEAT_US.
+	uint64_t answered_seq;
+	uint64_t answered_agent;
+	uint64_t answered_mono;
 	UT_hash_handle hh;
 };
 
@@ -215,8 +224,12 @@ static void login_checked(int result, void *arg)
 	cl->npending--;
 	checking_done(cl, pl->agent_id);
 	bool connected = pl->pr != NULL;
-	if (pl->pr != NULL)
+	if (pl->pr != NULL) {
 		pl->pr->login = NULL;
+		pl->pr->answered_seq = pl->seq;
+		pl->pr->answered_agent = pl->agent_id;
+		pl->pr->answered_mono = rb_mono_us();
+	}
 
 	presence_core *core = cl->core;
 	presence_agent *a = presence_core_find(core, pl->agent_id);
@@ -284,10 +297,23 @@ static void handle_login(presence_clients *cl, uint32_t pipe, const Ringbid__Age
 		return;
 	}
 	if (pr->login != NULL) {
-		// The client resends a request after 2 s without an answer: the check is running.
-		if (pr->login->seq == m->seq && pr->login->agent_id == l->agent_id)
+		// The client resends a request after 2 s without an answer, and the check may
+		// wait behind many others: the answer to the first send follows, so a repeat
+		// gets none (an error with its number would make the client drop the login).
+		if (pr->login->seq == m->seq && pr->login->agent_id == l->agent_id) {
+			rb_logf(RB_LOG_DEBUG, NULL, l->agent_id,
+			        "login on connection %u sent again while it is checked: ignored",
+			        pipe);
 			return;
+		}
 		reply_error(cl, pipe, m->seq, RB_EBUSY, "a login is already being checked");
+		return;
+	}
+	if (pr->answered_seq != 0 && pr->answered_seq == m->seq &&
+	    pr->answered_agent == l->agent_id &&
+	    rb_mono_us() - pr->answered_mono < LOGIN_REPEAT_US) {
+		rb_logf(RB_LOG_DEBUG, NULL, l->agent_id,
+		        "login on connection %u sent again after its answer: ignored", pipe);
 		return;
 	}
 	uint64_t now = rb_mono_us(), wait_a = 0, wait_p = 0;

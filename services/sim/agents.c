@@ -72,6 +72,11 @@ out:
 
 static void set_state(sim_agent *a, Ringbid__AgentState st, uint64_t now)
 {
+	// An offer reaches only an agent that was available, though another program's call
+	// may have taken it before the simulator saw AVAILABLE.
+	if (a->logged_in && (st == RINGBID__AGENT_STATE__AGENT_AVAILABLE ||
+	                     st == RINGBID__AGENT_STATE__AGENT_RESERVED))
+		a->went_ready = true;
 	if (st == a->state)
 		return;
 	account(a, now);
@@ -409,11 +414,14 @@ bool sim_agents_done(const sim *s)
 	return true;
 }
 
+// Each agent counts once it has gone ready: calls of others (ringbid call, another
+// simulator on the same program) keep some agents busy at any moment, so waiting for all of
+// them to be AVAILABLE at once could wait for ever.
 bool sim_agents_ready(const sim *s)
 {
 	for (uint32_t i = 0; i < s->opt.agents; i++) {
 		const sim_agent *a = &s->agents[i];
-		if (!a->refused && a->state != RINGBID__AGENT_STATE__AGENT_AVAILABLE)
+		if (!a->refused && !a->went_ready)
 			return false;
 	}
 	return true;

@@ -459,7 +459,15 @@ void sim_session_tick(sim_session *s, uint64_t now_ms)
 			req_remove(s, r); // the next heartbeat says the same
 			continue;
 		}
-		if (r->tries < SIM_REQ_TRIES) {
+		// A login is never given up while the link holds: its secret check may wait
+		// behind many others at presence, which answers the first send and ignores the
+		// repeats. A new request number would be refused as busy, and the real answer,
+		// under the old number, would open a session nobody uses.
+		if (r->tries < SIM_REQ_TRIES || r->kind == RINGBID__AGENT_MSG__BODY_LOGIN) {
+			if (r->tries == SIM_REQ_TRIES)
+				rb_logf(RB_LOG_INFO, NULL, s->agent_id,
+				        "login not answered after %d tries: still waiting",
+				        SIM_REQ_TRIES);
 			req_send(s, r, now_ms);
 			i++;
 			continue;

@@ -13,7 +13,7 @@
 #define SIM_TOKEN_MAX       128  // longest session token accepted from presence
 #define SIM_SECRET_MAX      1024 // longest secret accepted from the secret file
 #define SIM_REQ_RESEND_MS   2000 // a request unanswered this long is sent again
-#define SIM_REQ_TRIES       5    // sends of one request before it is given up
+#define SIM_REQ_TRIES       5    // sends before a request is given up (logins: never)
 #define SIM_LOGOUT_WAIT_MS  2000 // a logout waits this long for presence's answer
 #define SIM_BACKOFF_MIN_MS  500  // login refused as busy: first wait, doubling
 #define SIM_BACKOFF_MAX_MS  8000

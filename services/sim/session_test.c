@@ -220,6 +220,43 @@ static void test_resend_then_give_up(void **state)
 	assert_int_equal(sim_session_end_call(&f->s, "bad id!", false, false, 0), RB_EINVAL);
 }
 
+// 200 agents logging in at once wait in presence's queue of secret checks far longer than
+// all the resends: the login keeps its request number, and the late answer opens the
+// session. (Given up, a new number was refused as busy and the real answer ignored.)
+static void test_slow_login_keeps_waiting(void **state)
+{
+	fixture *f = *state;
+
+	sim_session_link(&f->s, true, 0);
+	uint64_t seq = last(f)->seq;
+	uint64_t t = 0;
+	for (int i = 0; i < 6 * SIM_REQ_TRIES; i++) {
+		int before = f->nout;
+		t += SIM_REQ_RESEND_MS;
+		sim_session_tick(&f->s, t);
+		assert_int_equal(f->nout, before + 1);
+		assert_int_equal(last(f)->kind, RINGBID__AGENT_MSG__BODY_LOGIN);
+		assert_int_equal(last(f)->seq, seq);
+		assert_int_equal(f->s.phase, SIM_SESS_LOGIN);
+	}
+	assert_int_equal(f->nev, 0);
+	reply_status(f, seq, RINGBID__AGENT_STATE__AGENT_NOT_READY, "tok-slow", t + 1);
+	assert_int_equal(f->s.phase, SIM_SESS_ACTIVE);
+	assert_int_equal(last_ev(f)->kind, SIM_SEV_ACTIVE);
+	assert_string_equal(f->s.token, "tok-slow");
+	assert_int_equal(f->s.logins, 1);
+	// The session it opened is the one used.
+	assert_int_equal(sim_session_set_ready(&f->s, true, t + 2), 0);
+	assert_int_equal(last(f)->kind, RINGBID__AGENT_MSG__BODY_SET_STATE);
+	assert_string_equal(last(f)->token, "tok-slow");
+	// A lost link ends the wait: the next connection sends a new login.
+	sim_session_link(&f->s, false, t + 3);
+	f->s.token[0] = '\0';
+	sim_session_link(&f->s, true, t + 4);
+	assert_int_equal(last(f)->kind, RINGBID__AGENT_MSG__BODY_LOGIN);
+	assert_true(last(f)->seq > seq);
+}
+
 static void test_offer_call_and_end(void **state)
 {
 	fixture *f = *state;
@@ -320,6 +357,7 @@ int main(void)
 	        cmocka_unit_test_setup(test_login_ready_heartbeat, setup),
 	        cmocka_unit_test_setup(test_busy_login_backs_off_refusal_finishes, setup),
 	        cmocka_unit_test_setup(test_resend_then_give_up, setup),
+	        cmocka_unit_test_setup(test_slow_login_keeps_waiting, setup),
 	        cmocka_unit_test_setup(test_offer_call_and_end, setup),
 	        cmocka_unit_test_setup(test_expired_session_logs_in_again, setup),
 	        cmocka_unit_test_setup(test_link_loss_resumes_and_logout, setup),

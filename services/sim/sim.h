@@ -65,6 +65,7 @@ typedef struct sim_agent {
 	uint64_t state_since_ms;
 	uint64_t free_since_us; // monotonic: last became AVAILABLE
 	bool logged_in, refused, done;
+	bool went_ready;              // has been AVAILABLE (or offered a call) since logging in
 	char call_id[SIM_ID_MAX + 1]; // the call connected now ("" none)
 	int call;                     // its index when it is one of ours, -1 otherwise
 	uint64_t end_at_ms;           // when to end that call (0: not planned)
@@ -152,7 +153,8 @@ void sim_agents_logout(sim *s, uint64_t now_ms);
 // Agents logged in so far / agents whose sessions have finished.
 uint32_t sim_agents_logged_in(const sim *s);
 bool sim_agents_done(const sim *s);
-// True when every agent logged in is AVAILABLE (or its login was refused).
+// True when every agent has logged in and gone ready at least once (or its login was
+// refused), whatever other load on the same programs keeps them busy since.
 bool sim_agents_ready(const sim *s);
 // True while an agent still holds one of our calls.
 bool sim_agents_busy(const sim *s);

@@ -10,10 +10,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (ROOT, BIN, TestFailure, expect, expect_eq, fresh_stack,  # noqa: E402
-                     no_stack, run_tests)
+                     no_stack, run_tests, wait_until)
 
 SIM = os.path.join(BIN, "ringbid-sim")
 SECRET = "sim-agent-secret"
@@ -146,6 +147,96 @@ def test_abandon_when_nobody_is_free(st):
     # The talk outlasts the drain, so the simulator cut the agent's call short at the end.
     expect(s["calls_cut_short"] >= 1, "a call should have been cut short: %s", s)
     expect_eq(s["calls_open"], 0, "calls left open")
+
+
+def import_agents(st, tag, first, n):
+    """Imports agents first..first+n-1 with the simulator's secret: one CSV, one hash."""
+    path = os.path.join(st.home, "agents-%s.csv" % tag)
+    with open(path, "w") as f:
+        f.write("id,name,skills,score\n")
+        for aid in range(first, first + n):
+            f.write("%d,Simulated agent %d,%s,%d\n" % (aid, aid, tag, 30 + aid % 60))
+    st.ringbid_ok("agent", "import", path, "--secret-file", st.secret_file(SECRET),
+                  timeout=120)
+
+
+def presence_lines(st, needle):
+    with open(os.path.join(st.home, "log", "presence.log"), errors="replace") as f:
+        return sum(1 for line in f if needle in line)
+
+
+@fresh_stack
+def test_mass_login_under_load(st):
+    """200 simulated agents log in at once while two busy processes hold the machine's cores:
+    presence's argon2id checks (one per core at a time) queue for longer than a client's five
+    resends, yet every agent logs in, each with exactly one session, within a bounded time."""
+    tag = "simmass"
+    n = 200
+    st.add_program(tag, skills=[tag], ring_timeout=5, wrap_up=0, max_wait=60)
+    import_agents(st, tag, 4001, n)
+    # Presence loads imported agents one notification at a time; a login before its agent's
+    # row is loaded is checked against the dummy hash and refused.
+    wait_until(lambda: presence_lines(st, "roster: agent reloaded") >= n, 60,
+               "presence to load the %d imported agents" % n, 0.25)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(os.cpu_count() or 2)]
+    try:
+        t0 = time.monotonic()
+        s = run_sim(st, "--agents", n, "--first-agent", 4001, "--programs", tag, "--rate", 1,
+                    "--duration", 2, "--time-factor", 60, "--talk-mean", 60,
+                    "--break-every", 0, "--drain", 10, "--login-wait", 150, "--seed", 11,
+                    "--quiet", timeout=400)
+        took = time.monotonic() - t0
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    expect_eq(s["agents_logged_in"], n, "agents logged in")
+    # The run itself is short (2 s of arrivals, at most 10 s of drain): the rest is logins.
+    expect(took < 120, "200 logins under load took too long: the whole run took %.0f s", took)
+    check_counts(s, "mass login run")
+    # One session per agent: no login was answered to a client that had stopped waiting.
+    expect_eq(presence_lines(st, '"logged in (state'), n, "sessions opened by presence")
+    expect_eq(presence_lines(st, "login dropped"), 0, "logins dropped by presence")
+    print("# %d agents logged in under load; the run took %.1f s" % (n, took), flush=True)
+
+
+def test_callers_start_while_others_keep_agents_busy(st):
+    """Calls placed with `ringbid call` on the simulator's own program keep two of its three
+    agents talking for 15 s: its callers still start as soon as each agent has logged in and
+    gone ready, not when all three happen to be AVAILABLE at once."""
+    tag = "simshare"
+    setup(st, tag, 3401, 3, ring_timeout=5, wrap_up=0, max_wait=120)
+    calls = [st.place_call(tag, background=True, talk=15) for _ in range(2)]
+    env = dict(st.env)
+    env["RINGBID_SIM_SECRET_FILE"] = st.secret_file(SECRET)
+    args = [SIM, "--json", "--agents", 3, "--first-agent", 3401, "--programs", tag,
+            "--rate", 2, "--duration", 3, "--time-factor", 60, "--talk-mean", 3000,
+            "--decline-rate", 0, "--break-every", 0, "--drain", 2, "--login-wait", 60,
+            "--seed", 21, "--every", 0]
+    t0 = time.monotonic()
+    p = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    started = None
+    err = []
+    for line in p.stderr:
+        err.append(line)
+        if started is None and "agents logged in;" in line:
+            started = time.monotonic() - t0
+    out, _ = p.communicate(timeout=120)
+    expect_eq(p.returncode, 0, "exit status of ringbid-sim (stderr: %s)" % "".join(err)[-1500:])
+    expect(started is not None, "the simulator never started its callers: %s",
+           "".join(err)[-1500:])
+    s = json.loads(out.strip().splitlines()[-1])
+    expect(started < 10, "callers started %.1f s after the simulator, while other calls "
+           "kept its agents busy for 15 s" % started)
+    expect_eq(s["agents_logged_in"], 3, "agents logged in")
+    expect(s["calls_offered"] > 0, "the simulator's callers should have arrived: %s" % s)
+    check_counts(s, "shared program run")
+    for c in calls:
+        r = c.result(60)
+        expect_eq(r.get("_rc"), 0, "the other calls (%s)" % r.get("_stderr", "")[-300:])
+    print("# callers started %.1f s after the simulator" % started, flush=True)
 
 
 if __name__ == "__main__":
