@@ -25,8 +25,11 @@ mem_kb = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
             if l.startswith("model name")), platform.machine())
 
-# Side by side: for each size, the baseline as fast as it goes, ringbid end to end (1 queue,
-# where sessions fit) and the auction engine in process.
+# Side by side: for each size and queue count, the baseline as fast as it goes, ringbid end to
+# end and the auction engine in process. ringbid's percentiles come from bench/dispatch, which
+# computes them once over the raw samples of every load process of a run (a shared mapping),
+# never by averaging per-process figures; null means the percentile falls among calls that
+# were not offered within the run's wait.
 AGENTS = (1000, 10000, 100000)
 QUEUES = (1, 10, 100)
 
@@ -39,36 +42,36 @@ def ratio(a, b):
     return round(a / b, 2) if a and b else None
 
 
+LAT = ("calls_per_s", "p50_ms", "p99_ms", "p999_ms")
+
+
+def pick(r):
+    return r and {k: r.get(k) for k in LAT + ("not_offered",)}
+
+
 side = []
 for n in AGENTS:
     for q in QUEUES:
         b = find(baseline, agents=n, queues=q, load="max")
-        e = find(dispatch, agents=n, load="max") if q == 1 else None
+        e = find(dispatch, agents=n, queues=q, load="max")
         a = find(auction, agents=n, queues=q)
         row = {"agents": n, "queues": q,
-               "baseline": b and {k: b[k] for k in ("calls_per_s", "p50_ms", "p99_ms",
-                                                    "p999_ms")},
-               "ringbid_end_to_end": e and {k: e[k] for k in ("calls_per_s", "p50_ms",
-                                                              "p99_ms", "p999_ms")},
+               "baseline": b and {k: b[k] for k in LAT},
+               "ringbid_end_to_end": pick(e),
                "auction_matches_per_s": a and a["matches_per_s"],
                "ratio_end_to_end": ratio(e and e["calls_per_s"], b and b["calls_per_s"]),
                "ratio_engine": ratio(a and a["matches_per_s"], b and b["calls_per_s"])}
         if e is None:
-            row["end_to_end_not_measured"] = (
-                "ringbid's end-to-end benchmark places calls of one program without skills "
-                "(one queue)" if q != 1 else
-                "sessions over this machine's open-file limit" if n > int(nofile) - 1000 else
-                "not run")
+            row["end_to_end_not_measured"] = "not run (bench/run.sh --quick, or "\
+                "RINGBID_BENCH_AGENTS / RINGBID_BENCH_QUEUES)"
         side.append(row)
 paced = []
 for n in AGENTS:
     b = find(baseline, agents=n, queues=1, load="rate")
-    e = find(dispatch, agents=n, load="rate")
+    e = find(dispatch, agents=n, queues=1, load="rate")
     paced.append({"agents": n, "queues": 1, "target_rate": b and b["target_rate"],
-                  "baseline": b and {k: b[k] for k in ("calls_per_s", "p50_ms", "p99_ms",
-                                                       "p999_ms")},
-                  "ringbid_end_to_end": e and {k: e[k] for k in ("calls_per_s", "p50_ms",
-                                                                 "p99_ms", "p999_ms")}})
+                  "baseline": b and {k: b[k] for k in LAT},
+                  "ringbid_end_to_end": pick(e)})
 
 doc = {
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -94,25 +97,30 @@ os.replace(out + ".tmp", out)
 
 
 def ms(r, k):
-    return f'{r[k]:.2f}' if r else "-"
+    if not r:
+        return "-"
+    return f'{r[k]:.2f}' if r.get(k) is not None else f'>{r.get("wait_s", 5)}s'
 
 
 print("\nend to end: call arrival at the broker -> offer at the agent's session"
       "\n(cpu: each service's CPU time per offered call, ms: broker/auction/presence/billing)")
-print(f'{"agents":<8} {"load":<14} {"calls":<7} {"offered":<8} {"calls/s":<9} '
-      f'{"p50 ms":<9} {"p99 ms":<9} {"p99.9 ms":<9} {"max ms":<9} {"cpu ms/call":<12}')
+print("(percentiles over every call the broker accepted; >5s: among the calls not offered"
+      " within the wait)")
+print(f'{"agents":<8} {"queues":<7} {"procs":<6} {"load":<14} {"calls":<7} {"offered":<8} '
+      f'{"calls/s":<9} {"p50 ms":<9} {"p99 ms":<9} {"p99.9 ms":<9} {"max ms":<9} '
+      f'{"cpu ms/call":<12}')
 for r in dispatch:
     load = f'{r["target_rate"]:g}/s' if r["target_rate"] else "max"
     if r["load"] == "low":
         load += " (low)"
     cpu = "/".join(f'{r["cpu_ms_per_call"].get(s, 0):.2f}'
                    for s in ("broker", "auction", "presence", "billing"))
-    print(f'{r["agents"]:<8} {load:<14} {r["calls"]:<7} {r["offered"]:<8} '
-          f'{r["calls_per_s"]:<9.0f} {r["p50_ms"]:<9.3f} {r["p99_ms"]:<9.3f} '
-          f'{r["p999_ms"]:<9.3f} {r["max_ms"]:<9.3f} {cpu:<12}')
+    print(f'{r["agents"]:<8} {r["queues"]:<7} {r["procs"]:<6} {load:<14} {r["calls"]:<7} '
+          f'{r["offered"]:<8} {r["calls_per_s"]:<9.0f} {ms(r, "p50_ms"):<9} '
+          f'{ms(r, "p99_ms"):<9} {ms(r, "p999_ms"):<9} {r["max_ms"]:<9.1f} {cpu:<12}')
 
-print("\ndispatch side by side, as fast as each goes (ringbid end to end has one queue;"
-      "\nthe engine column is the auction alone in process; ratios are ringbid / baseline)")
+print("\ndispatch side by side, as fast as each goes (the engine column is the auction alone"
+      "\nin process; ratios are ringbid / baseline)")
 print(f'{"agents":<8} {"queues":<7} {"baseline/s":<11} {"p50/p99/p99.9 ms":<22} '
       f'{"ringbid/s":<10} {"p50/p99/p99.9 ms":<24} {"ratio":<6} {"engine/s":<9} {"ratio":<6}')
 for r in side:
@@ -133,8 +141,9 @@ for r in paced:
              f'{ms(e, "p999_ms")} ms' if e else "not measured"))
 
 if memory:
-    print(f'\nmemory with {memory["agents"]} agents on calls and calls waiting '
-          f'({json.dumps(memory.get("held"))}): resident / peak MiB')
+    held = memory.get("held") or {}
+    print(f'\nmemory with {memory["agents"]} agents online, {held.get("on_call")} on calls and '
+          f'{held.get("waiting")} calls waiting: resident / peak MiB')
     for s, m in sorted(memory["services"].items()):
         print(f'{s:<10} {m["rss_kb"] / 1024:>8.1f} {m["hwm_kb"] / 1024:>8.1f}')
 big = [a for a in auction if a["agents"] == max(AGENTS)]
