@@ -300,6 +300,27 @@ static int write_pid(const char *path, pid_t pid)
 	return 0;
 }
 
+// True when pid has exited but was not reaped yet (state Z in /proc/<pid>/stat). In a
+// container whose first process never reaps, a killed postmaster stays a zombie for good and
+// kill(pid, 0) still finds it.
+static bool pid_zombie(pid_t pid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	ssize_t len = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (len <= 0)
+		return false;
+	buf[len] = '\0';
+	// "pid (comm) S ...": the command may hold spaces and parentheses; the state follows the
+	// last ')'.
+	const char *close_paren = strrchr(buf, ')');
+	return close_paren != NULL && close_paren[1] == ' ' && close_paren[2] == 'Z';
+}
+
 // True when pid is alive and runs program (a basename): a stale pid file may name a pid the
 // system has since given to another process.
 static bool pid_runs(pid_t pid, const char *program)
@@ -723,7 +744,8 @@ static bool pg_running(const pg *p, int *port)
 			prt = strtol(line, NULL, 10);
 	}
 	fclose(f);
-	if (pid <= 1 || (kill((pid_t)pid, 0) != 0 && errno != EPERM) || prt <= 0 || prt > 65535)
+	if (pid <= 1 || (kill((pid_t)pid, 0) != 0 && errno != EPERM) || pid_zombie((pid_t)pid) ||
+	    prt <= 0 || prt > 65535)
 		return false;
 	if (port)
 		*port = (int)prt;
