@@ -69,6 +69,7 @@ fi
 # Each file starts its own stack (own RINGBID_HOME and port block), so files run side by side.
 declare -A started_at=()
 declare -A pid_of=()
+declare -A limit_of=()
 itests=()
 if [ -z "${RINGBID_TEST_UNIT_ONLY:-}" ]; then
 	for f in tests/integration/test_*.py; do
@@ -99,7 +100,7 @@ report_itest() {
 	if [ "$fail" -gt 0 ]; then
 		printf 'FAIL itest %-51s %3d passed, %d failed (exit %d, %d s)\n' "$name" "$pass" \
 			"$fail" "$rc" "$elapsed"
-		[ "$rc" -eq 124 ] && echo "    (timed out after ${file_timeout} s)"
+		[ "$rc" -eq 124 ] && echo "    (timed out after ${limit_of[$f]:-$file_timeout} s)"
 		sed 's/^/    /' "$out" | tail -n 60
 		# The logs of every stack the file started.
 		sed -n 's/^# stack [^ ]* home=\([^ ]*\) .*/\1/p' "$out" | sort -u | while read -r home; do
@@ -144,7 +145,13 @@ for f in "${itests[@]}"; do
 	done
 	name=$(basename "$f" .py)
 	started_at[$f]=$(date +%s)
-	timeout -k 20 "$file_timeout" python3 -u "$f" >"$outdir/$name.out" 2>&1 &
+	# A file may ask for more time in a line "# ringbid-test-timeout: SECONDS" (the fault
+	# tests, which restart every service several times).
+	limit=$(sed -n 's/^# ringbid-test-timeout: *\([0-9][0-9]*\).*/\1/p' "$f" | head -n 1)
+	limit=${limit:-$file_timeout}
+	[ "$limit" -lt "$file_timeout" ] && limit=$file_timeout
+	limit_of[$f]=$limit
+	timeout -k 20 "$limit" python3 -u "$f" >"$outdir/$name.out" 2>&1 &
 	pid_of[$f]=$!
 done
 while [ ${#pid_of[@]} -gt 0 ]; do

@@ -209,6 +209,11 @@ static void on_event(void *arg, const sim_session_event *ev)
 			// take part.
 			take_call(a, ev->call_id, now);
 			a->end_at_ms = now;
+		} else if (ev->state == RINGBID__AGENT_STATE__AGENT_ON_CALL && ev->call_id[0] &&
+		           a->end_at_ms == 0) {
+			// Still on the call this agent had already ended: that end-call went to a
+			// session that is gone (presence restarted). Say it again.
+			a->end_at_ms = now;
 		} else if (ev->state == RINGBID__AGENT_STATE__AGENT_RESERVED && ev->offer_id) {
 			sim_session_answer(&a->sess, ev->offer_id, false, now);
 		}
@@ -242,6 +247,8 @@ static void on_event(void *arg, const sim_session_event *ev)
 	case SIM_SEV_FAILED:
 		if (ev->req_kind == RINGBID__AGENT_MSG__BODY_END_CALL && ev->code == RB_ENOTFOUND)
 			forget_call(a); // the call is gone already
+		else if (ev->req_kind == RINGBID__AGENT_MSG__BODY_END_CALL && a->call_id[0])
+			a->end_at_ms = now; // not heard (presence away, session renewed): again
 		break;
 	case SIM_SEV_DONE:
 		a->done = true;
