@@ -33,6 +33,11 @@ endif
 
 # Rebuild everything when the flags change (a sanitizer build after a normal one).
 FLAGS_STAMP := $(BUILD)/flags.$(shell echo '$(CC) $(CFLAGS) $(LDFLAGS)' | md5sum | cut -c1-12)
+# Made while the makefile is read, not by a rule: `.SECONDARY:` below would let make skip a
+# missing stamp whose rule has no prerequisites, and with it the rebuild.
+ifeq ($(wildcard $(FLAGS_STAMP)),)
+$(shell mkdir -p $(BUILD) && rm -f $(BUILD)/flags.* && touch $(FLAGS_STAMP))
+endif
 
 PROTOS      := $(wildcard proto/*.proto)
 PROTO_C     := $(patsubst proto/%.proto,$(GEN)/%.pb-c.c,$(PROTOS))
