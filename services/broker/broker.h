@@ -43,6 +43,8 @@ typedef struct broker_metrics {
 
 typedef struct broker_poll broker_poll;
 
+#define BROKER_PRESENCE_INSTANCES 64 // presence instances 0..BROKER_PRESENCE_ID_MAX
+
 typedef struct broker {
 	rb_svc svc;
 	broker_book book;
@@ -52,13 +54,24 @@ typedef struct broker {
 	broker_programs programs;
 	broker_kpi kpi;
 	broker_metrics m;
-	rb_bus *api, *auction, *presence, *billing;
+	rb_bus *api, *auction, *billing;
+	// The presence link: one plain pair socket per presence instance, presence[i] for
+	// instance i (RINGBID_PRESENCE_INSTANCES of them), so that a send waits for a slow
+	// instance instead of being dropped (docs/delivery.md).
+	rb_bus *presence[BROKER_PRESENCE_INSTANCES];
+	uint32_t npresence;
 	uint64_t grace_ms;
 	uint64_t next_offer_id;     // the next offer id to hand out
 	uint64_t offer_id_reserved; // ids below this may have been used (journaled)
 	uint64_t call_seq;          // for ids the broker assigns
 	bool have_agents;           // presence has reported since its link came up
 	uint32_t agents[BROKER_CALL_NSTATES];
+	// Offer ids below this are covered by a reservation known to be on disk: an Offer with
+	// one may leave before its own record is durable (0 after a start, until one is).
+	uint64_t offer_id_durable;
+	// Messages to presence waiting for the journal (broker_send's and links.c's copies): an
+	// Offer queues behind them rather than overtake them.
+	uint32_t presence_gated;
 	bool started;
 	bool stopping;
 	bool journal_ok;
@@ -92,11 +105,17 @@ int broker_change(broker *b, broker_call *c, broker_event_kind kind, uint64_t ag
 int broker_offer_id(broker *b, uint64_t *out);
 // Sends env (token added) on link once everything journaled so far is durable.
 void broker_send(broker *b, broker_link link, Ringbid__Envelope *env);
-// Sends env (token added) on link now: for answers that change nothing.
+// Sends env (token added) on link now, ahead of the journal: for answers that change nothing,
+// and for what may safely outrun the disk (Enqueue, Dequeue, the Offer; docs/delivery.md).
 void broker_send_now(broker *b, broker_link link, Ringbid__Envelope *env);
 void broker_send_enqueue(broker *b, const broker_call *c);
 void broker_send_dequeue(broker *b, const char *call_id, uint64_t release_agent);
 void broker_send_call_ended(broker *b, const char *call_id, const char *program, uint64_t agent_id);
+// Tells c's presence instance that c (CONNECTED) is connected to its agent by its offer, once
+// everything journaled so far is durable: presence shows the call connected only then. Also
+// for a repeated ACCEPTED of that offer (presence takes a repeat as a no-op). c stays the
+// caller's; nothing is kept.
+void broker_send_call_connected(broker *b, const broker_call *c);
 // A message on link was refused (bad bytes, token, field).
 void broker_refused(broker *b, broker_link link);
 void broker_kpi_snapshot(broker *b, broker_kpi_now *now);

@@ -583,7 +583,9 @@ int broker_call_apply(broker_book *book, broker_call *c, const broker_event *ev,
 		c->answered_us = at_least(ev->now_us, c->arrived_us);
 		c->answered_mono_us = ev->now_mono_us;
 		c->missed = 0;
-		fx->flags = BROKER_FX_DEQUEUE;
+		// Whether the agent's ACCEPTED or telephony's answer connected it, the agent is on
+		// the call now, and only this word lets presence show it so.
+		fx->flags = BROKER_FX_DEQUEUE | BROKER_FX_CALL_CONNECTED;
 		break;
 	case BROKER_EV_DECLINED:
 	case BROKER_EV_OFFER_TIMEOUT:

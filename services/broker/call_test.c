@@ -138,7 +138,12 @@ static void test_transition_matrix(void **state)
 			// connection, a free one for OFFER.
 			uint64_t agent = kinds[k] == BROKER_EV_OFFER ? 900 + (uint64_t)n : 0;
 			uint64_t offer = kinds[k] == BROKER_EV_OFFER ? 9000 + (uint64_t)n : 0;
-			int rc = ev(c, kinds[k], agent, offer);
+			broker_effects fx;
+			int rc = ev_at(c, kinds[k], agent, offer, 10 * SEC, &fx);
+			// Presence hears that a call connected on the transition into CONNECTED and
+			// on no other: that word is what shows the agent the call connected.
+			assert_int_equal((fx.flags & BROKER_FX_CALL_CONNECTED) != 0,
+			                 rc == 0 && expected[s][k] == K);
 			if (expected[s][k] == 0) {
 				assert_int_equal(rc, RB_ESTATE);
 				assert_int_equal(c->state, s);
@@ -171,7 +176,9 @@ static void test_effects(void **state)
 	assert_int_equal(fx.offer_id, 50);
 	assert_ptr_equal(broker_book_agent_call(&book, 5), c);
 	assert_int_equal(ev_at(c, BROKER_EV_CONNECT, 5, 50, 3 * SEC, &fx), 0);
-	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE);
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE | BROKER_FX_CALL_CONNECTED);
+	assert_int_equal(fx.agent_id, 5);
+	assert_int_equal(fx.offer_id, 50);
 	assert_int_equal(c->answered_us, T0 + 3 * SEC);
 	assert_int_equal(ev_at(c, BROKER_EV_AGENT_HANGUP, 5, 0, 9 * SEC, &fx), 0);
 	assert_int_equal(fx.flags, BROKER_FX_CDR);
@@ -981,13 +988,58 @@ static void test_accept_after_restore(void **state)
 	assert_int_equal(r->state, BROKER_CALL_CONNECTED);
 	assert_int_equal(r->agent_id, 7);
 	assert_int_equal(r->offer_id, 70);
-	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE);
+	// The agent's presence has kept it connecting since the first ACCEPTED: this connection
+	// is what it waits for.
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE | BROKER_FX_CALL_CONNECTED);
+	assert_int_equal(fx.agent_id, 7);
+	assert_int_equal(fx.offer_id, 70);
 	assert_int_equal(r->noffer_log, 1);
 	assert_int_equal(r->offer_log[0].result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
 	// A third ACCEPTED is not a transition (the link takes it as a repeat).
 	assert_int_equal(ev_at(r, BROKER_EV_CONNECT, 7, 70, 11 * SEC, NULL), RB_ESTATE);
 	bk = saved;
 	broker_book_fini(&other);
+}
+
+// The CallConnected presence waits for: sent for the offer that connected, to its agent,
+// whether the agent's ACCEPTED or telephony's answer connected the call, and never for an
+// answer that connects nothing.
+static void test_connect_tells_presence(void **state)
+{
+	(void)state;
+	broker_effects fx;
+	broker_call *a = call_in("cc-a", BROKER_CALL_QUEUED);
+	assert_int_equal(ev_at(a, BROKER_EV_OFFER, 5, 50, SEC, &fx), 0);
+	assert_false(fx.flags & BROKER_FX_CALL_CONNECTED);
+	// An answer for another offer, or from another agent, connects nothing and says nothing.
+	assert_int_equal(ev_at(a, BROKER_EV_CONNECT, 5, 49, 2 * SEC, &fx), RB_ESTATE);
+	assert_int_equal(fx.flags, 0);
+	assert_int_equal(ev_at(a, BROKER_EV_CONNECT, 6, 50, 2 * SEC, &fx), RB_ESTATE);
+	assert_int_equal(fx.flags, 0);
+	assert_int_equal(ev_at(a, BROKER_EV_CONNECT, 5, 50, 3 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE | BROKER_FX_CALL_CONNECTED);
+	assert_int_equal(fx.agent_id, 5);
+	assert_int_equal(fx.offer_id, 50);
+	assert_int_equal(a->state, BROKER_CALL_CONNECTED);
+	assert_int_equal(a->agent_id, 5);
+	assert_int_equal(a->offer_id, 50);
+	assert_int_equal(a->answered_us, T0 + 3 * SEC);
+	// A second ACCEPTED is no transition: the link answers it with CallConnected itself.
+	assert_int_equal(ev_at(a, BROKER_EV_CONNECT, 5, 50, 4 * SEC, &fx), RB_ESTATE);
+	assert_int_equal(fx.flags, 0);
+	// The end of the call says nothing more of its connection.
+	assert_int_equal(ev_at(a, BROKER_EV_HANGUP, 0, 0, 9 * SEC, &fx), 0);
+	assert_false(fx.flags & BROKER_FX_CALL_CONNECTED);
+
+	// Telephony saw the agent's leg answer (no agent or offer in the event): the same word,
+	// naming the call's own agent and offer.
+	broker_call *t = call_in("cc-t", BROKER_CALL_QUEUED);
+	assert_int_equal(ev_at(t, BROKER_EV_OFFER, 6, 60, SEC, &fx), 0);
+	assert_int_equal(ev_at(t, BROKER_EV_CONNECT, 0, 0, 5 * SEC, &fx), 0);
+	assert_int_equal(fx.flags, BROKER_FX_DEQUEUE | BROKER_FX_CALL_CONNECTED);
+	assert_int_equal(fx.agent_id, 6);
+	assert_int_equal(fx.offer_id, 60);
+	assert_int_equal(t->answered_us, T0 + 5 * SEC);
 }
 
 int main(void)
@@ -1015,6 +1067,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_offer_log_restore, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_presence_instance, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_accept_after_restore, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_connect_tells_presence, setup, teardown),
 	        cmocka_unit_test(test_decision_basis),
 	        cmocka_unit_test(test_skills_merge),
 	        cmocka_unit_test(test_pg_text_array),

@@ -1,5 +1,5 @@
 // The broker's core: applies call events, journals them, runs the per-call timers, and holds
-// every outbound message until the journal has the change that caused it.
+// the outbound messages that must wait until the journal has the change that caused them.
 #include "broker.h"
 
 #include <stdlib.h>
@@ -32,7 +32,7 @@ static rb_bus *link_bus(broker *b, broker_link link)
 	case BROKER_LINK_AUCTION:
 		return b->auction;
 	case BROKER_LINK_PRESENCE:
-		return b->presence;
+		return b->presence[0];
 	case BROKER_LINK_BILLING:
 		return b->billing;
 	default:
@@ -176,31 +176,81 @@ void broker_core_replayed(broker *b)
 	rb_metric_add(b->m.abandoned, (double)b->kpi.abandoned);
 	rb_metric_add(b->m.overflow, (double)b->kpi.overflow);
 	rb_metric_add(b->m.completed, (double)b->kpi.completed);
-	// Everything below the next id may have been handed out before the restart.
+	// Everything below the next id may have been handed out before the restart. What was read
+	// may still sit in the page cache only: nothing counts as durable until a reservation
+	// written by this process is on disk (broker_core_start writes one).
 	b->offer_id_reserved = b->next_offer_id;
+	b->offer_id_durable = 0;
 	broker_book_expire(&b->book, rb_now_us());
 	broker_update_gauges(b);
+}
+
+// --- offer ids ----------------------------------------------------------------------------
+
+typedef struct offer_ids_wait {
+	broker *b;
+	uint64_t mark;
+} offer_ids_wait;
+
+static void offer_ids_durable(int err, void *arg)
+{
+	offer_ids_wait *w = arg;
+	if (err == 0 && w->mark > w->b->offer_id_durable)
+		w->b->offer_id_durable = w->mark;
+	free(w);
+}
+
+// Journals that ids below mark may be in use, and notes when that record is on disk. Returns
+// 0 or the append's code (nothing reserved).
+static int reserve_offer_ids(broker *b, uint64_t mark)
+{
+	Ringbid__JournalEntry e = RINGBID__JOURNAL_ENTRY__INIT;
+	e.body_case = RINGBID__JOURNAL_ENTRY__BODY_NEXT_OFFER_ID;
+	e.next_offer_id = mark;
+	int rc = broker_journal_append(b->journal, &e);
+	if (rc != 0)
+		return rc;
+	b->offer_id_reserved = mark;
+	// Without the note the ids are still reserved; their Offers just wait for the journal
+	// until a later reservation is known durable.
+	offer_ids_wait *w = malloc(sizeof(*w));
+	if (w == NULL)
+		return 0;
+	w->b = b;
+	w->mark = mark;
+	if (broker_journal_after(b->journal, offer_ids_durable, w) != 0)
+		free(w);
+	return 0;
 }
 
 int broker_offer_id(broker *b, uint64_t *out)
 {
 	if (b->next_offer_id >= b->offer_id_reserved) {
-		Ringbid__JournalEntry e = RINGBID__JOURNAL_ENTRY__INIT;
-		e.body_case = RINGBID__JOURNAL_ENTRY__BODY_NEXT_OFFER_ID;
-		e.next_offer_id = b->next_offer_id + BROKER_OFFER_ID_BLOCK;
-		int rc = broker_journal_append(b->journal, &e);
+		int rc = reserve_offer_ids(b, b->next_offer_id + BROKER_OFFER_ID_BLOCK);
 		if (rc != 0)
 			return rc;
-		b->offer_id_reserved = e.next_offer_id;
 	}
 	*out = b->next_offer_id++;
+	// An Offer leaves before its record is durable only when its id is covered by a durable
+	// reservation (docs/delivery.md, "What waits for the disk"): the next block is reserved
+	// while half of this one is left, so that it is on disk long before its first id is
+	// needed. Should that append fail, the next id tries again.
+	if (b->offer_id_reserved - b->next_offer_id <= BROKER_OFFER_ID_BLOCK / 2)
+		(void)reserve_offer_ids(b, b->offer_id_reserved + BROKER_OFFER_ID_BLOCK);
 	return 0;
 }
+
+// --- sending ------------------------------------------------------------------------------
 
 static void gated_done(int err, void *arg)
 {
 	gated *g = arg;
-	rb_bus *bus = err == 0 ? link_bus(g->b, g->link) : NULL;
+	if (g->link == BROKER_LINK_PRESENCE && g->b->presence_gated > 0)
+		g->b->presence_gated--;
+	rb_bus *bus = NULL;
+	if (err == 0)
+		bus = g->link == BROKER_LINK_PRESENCE ? broker_presence_bus(g->b, g->msg)
+		                                      : link_bus(g->b, g->link);
 	if (bus != NULL)
 		rb_bus_send(bus, g->msg);
 	else
@@ -240,7 +290,10 @@ void broker_send(broker *b, broker_link link, Ringbid__Envelope *env)
 	if (broker_journal_after(b->journal, gated_done, g) != 0) {
 		nng_msg_free(msg);
 		free(g);
+		return;
 	}
+	if (link == BROKER_LINK_PRESENCE)
+		b->presence_gated++;
 }
 
 void broker_send_now(broker *b, broker_link link, Ringbid__Envelope *env)
@@ -251,8 +304,15 @@ void broker_send_now(broker *b, broker_link link, Ringbid__Envelope *env)
 	nng_msg *msg = pack_envelope(b, env);
 	if (msg == NULL)
 		return;
-	if (link == BROKER_LINK_PRESENCE && broker_presence_route(b, env, msg, false) != 0)
-		return;
+	if (link == BROKER_LINK_PRESENCE) {
+		if (broker_presence_route(b, env, msg, false) != 0)
+			return;
+		bus = broker_presence_bus(b, msg);
+		if (bus == NULL) {
+			nng_msg_free(msg);
+			return;
+		}
+	}
 	rb_bus_send(bus, msg);
 }
 
@@ -299,6 +359,21 @@ void broker_send_call_ended(broker *b, const char *call_id, const char *program,
 	broker_send(b, BROKER_LINK_PRESENCE, &env);
 }
 
+void broker_send_call_connected(broker *b, const broker_call *c)
+{
+	Ringbid__CallConnected cc = RINGBID__CALL_CONNECTED__INIT;
+	cc.call_id = (char *)c->id;
+	cc.agent_id = c->agent_id;
+	cc.offer_id = c->offer_id;
+	cc.answered_us = c->answered_us;
+	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
+	env.body_case = RINGBID__ENVELOPE__BODY_CALL_CONNECTED;
+	env.call_connected = &cc;
+	// Presence shows the agent the call connected on this word: it must never speak of a
+	// connection a crash could take back.
+	broker_send(b, BROKER_LINK_PRESENCE, &env);
+}
+
 static void send_offer(broker *b, const broker_call *c)
 {
 	broker_limits lim;
@@ -315,7 +390,15 @@ static void send_offer(broker *b, const broker_call *c)
 	Ringbid__Envelope env = RINGBID__ENVELOPE__INIT;
 	env.body_case = RINGBID__ENVELOPE__BODY_OFFER;
 	env.offer = &of;
-	broker_send(b, BROKER_LINK_PRESENCE, &env);
+	// The Offer does not wait for its record's fdatasync: presence shows an accepted offer
+	// connected only on the broker's CallConnected, which does (docs/delivery.md). It waits
+	// all the same behind a message to presence that is still held, so that presence hears
+	// of calls in the order the broker decided, and when its id is not yet covered by a
+	// durable reservation, so that no restart can hand the id out again.
+	if (b->presence_gated > 0 || c->offer_id >= b->offer_id_durable)
+		broker_send(b, BROKER_LINK_PRESENCE, &env);
+	else
+		broker_send_now(b, BROKER_LINK_PRESENCE, &env);
 }
 
 static void send_offer_cancel(broker *b, const broker_call *c, uint64_t agent_id, uint64_t offer_id)
@@ -436,6 +519,13 @@ int broker_core_start(broker *b)
 	if (rc != 0)
 		return rc;
 	b->started = true;
+	// A block for the first offers, so that they need not wait for the journal once this
+	// record is on disk (one sync after the loop starts). Failing here only holds them: the
+	// first offer reserves again.
+	uint64_t from =
+	        b->offer_id_reserved > b->next_offer_id ? b->offer_id_reserved : b->next_offer_id;
+	if (reserve_offer_ids(b, from + BROKER_OFFER_ID_BLOCK) != 0)
+		rb_logf(RB_LOG_WARN, NULL, 0, "offer ids: no reservation written at start");
 	uint64_t now = rb_mono_us();
 	broker_call *c, *tmp;
 	HASH_ITER(hh, b->book.by_id, c, tmp)
@@ -599,6 +689,8 @@ int broker_change(broker *b, broker_call *c, broker_event_kind kind, uint64_t ag
 		send_offer(b, c);
 	if (fx.flags & BROKER_FX_CALL_ENDED)
 		broker_send_call_ended(b, c->id, c->program, fx.agent_id);
+	if (fx.flags & BROKER_FX_CALL_CONNECTED)
+		broker_send_call_connected(b, c);
 
 	if (c->state == BROKER_CALL_ENDED) {
 		disarm(c);
@@ -697,8 +789,11 @@ void broker_close(broker *b)
 	b->api = NULL;
 	rb_bus_free(b->auction);
 	b->auction = NULL;
-	rb_bus_free(b->presence);
-	b->presence = NULL;
+	for (uint32_t i = 0; i < b->npresence; i++) {
+		rb_bus_free(b->presence[i]);
+		b->presence[i] = NULL;
+	}
+	b->npresence = 0;
 	rb_bus_free(b->billing);
 	b->billing = NULL;
 	broker_programs_fini(&b->programs);

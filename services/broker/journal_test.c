@@ -694,6 +694,141 @@ static void test_presence_instance_replay(void **state)
 	}
 }
 
+// An Offer leaves before its record is durable only with an id covered by a reservation on
+// disk: the next block is reserved while half of the current one is left, so that at a steady
+// pace the block in use is always durable, and only a burst past one sync's worth waits.
+static void test_offer_ids_reserved_ahead(void **state)
+{
+	(void)state;
+	const uint64_t block = BROKER_OFFER_ID_BLOCK;
+	broker_journal_replay st;
+	broker *b = open_broker(&st);
+	assert_int_equal(b->offer_id_durable, 0);
+	uint64_t id = 0;
+	assert_int_equal(broker_offer_id(b, &id), 0);
+	assert_int_equal(id, 1);
+	assert_int_equal(b->offer_id_reserved, 1 + block);
+	assert_int_equal(b->offer_id_durable, 0); // its Offer waits for the journal
+	sync_journal(b->journal);
+	assert_int_equal(b->offer_id_durable, 1 + block);
+
+	for (uint64_t i = 0; i < 4 * block; i++) {
+		assert_int_equal(broker_offer_id(b, &id), 0);
+		assert_true(id < b->offer_id_durable);
+		assert_true(b->offer_id_reserved - b->next_offer_id > block / 2);
+		if (i % 64 == 63)
+			sync_journal(b->journal);
+	}
+	uint64_t mark = b->offer_id_durable;
+	bool past = false;
+	for (uint64_t i = 0; i < 2 * block; i++) {
+		assert_int_equal(broker_offer_id(b, &id), 0);
+		past = past || id >= mark;
+	}
+	assert_true(past);
+	assert_int_equal(b->offer_id_durable, mark);
+	sync_journal(b->journal);
+	assert_int_equal(b->offer_id_durable, b->offer_id_reserved);
+	uint64_t reserved = b->offer_id_reserved;
+	free_broker(b);
+
+	// A new process hands out nothing reserved before, and trusts no reservation it has not
+	// seen reach the disk itself.
+	b = open_broker(&st);
+	assert_true(b->next_offer_id >= reserved);
+	assert_int_equal(b->offer_id_durable, 0);
+	assert_int_equal(broker_offer_id(b, &id), 0);
+	assert_true(id >= reserved);
+	free_broker(b);
+}
+
+// The start writes a reservation of its own, so that the first offers after it need not wait
+// for the journal once that record is on disk.
+static void test_start_reserves_offer_ids(void **state)
+{
+	(void)state;
+	uint64_t before = 0;
+	for (int round = 0; round < 2; round++) {
+		broker_journal_replay st;
+		broker *b = new_broker();
+		assert_int_equal(
+		        broker_journal_open(path, 0, broker_core_replay, b, &st, &b->journal), 0);
+		broker_journal_on_snapshot(b->journal, broker_core_snapshot, b);
+		broker_core_replayed(b);
+		assert_true(b->next_offer_id >= before);
+		assert_int_equal(uv_loop_init(&b->svc.loop), 0);
+		assert_int_equal(broker_core_start(b), 0);
+		assert_int_equal(b->offer_id_reserved, b->next_offer_id + BROKER_OFFER_ID_BLOCK);
+		assert_int_equal(b->offer_id_durable, 0);
+		for (int i = 0; i < 100000 && b->offer_id_durable == 0; i++)
+			uv_run(&b->svc.loop, UV_RUN_ONCE);
+		assert_int_equal(b->offer_id_durable, b->offer_id_reserved);
+		uint64_t id = 0;
+		assert_int_equal(broker_offer_id(b, &id), 0);
+		assert_true(id >= before);
+		assert_true(id < b->offer_id_durable);
+		before = b->offer_id_reserved;
+		broker_journal_free(b->journal);
+		b->journal = NULL;
+		uv_run(&b->svc.loop, UV_RUN_DEFAULT);
+		assert_int_equal(uv_loop_close(&b->svc.loop), 0);
+		broker_fini(b);
+		free(b);
+	}
+}
+
+// What waits for the disk on the way to presence: the Offer only while its id is not covered
+// or another message to presence is held (so none overtakes another); OfferCancel and
+// CallConnected always. presence_gated counts what is held, down to 0 however it ends.
+static void test_presence_gate(void **state)
+{
+	(void)state;
+	broker_journal_replay st;
+	broker_presence_reset(1);
+	broker *b = open_broker(&st);
+	rb_bus_opts opts = {.recv_max = 65536, .send_timeout_ms = 10, .name = "test-presence"};
+	assert_int_equal(rb_bus_new(&loop, RB_BUS_PAIR, &opts, &b->presence[0]), 0);
+	b->npresence = 1;
+	assert_int_equal(broker_presence_heard(77, 0), 1); // instance 0 is connected
+
+	// The first offer's id is not covered by a durable reservation yet: it waits.
+	broker_call *a = arrive(b, "g-a");
+	offer(b, a, 31);
+	assert_int_equal(b->presence_gated, 1);
+	sync_journal(b->journal);
+	assert_int_equal(b->presence_gated, 0);
+	// Now an Offer leaves at once.
+	broker_call *c = arrive(b, "g-b");
+	offer(b, c, 32);
+	assert_int_equal(b->presence_gated, 0);
+	// The caller of "g-a" hangs up: its OfferCancel waits, and an Offer made meanwhile
+	// queues behind it.
+	assert_int_equal(broker_change(b, a, BROKER_EV_HANGUP, 0, 0, NULL), 0);
+	assert_int_equal(b->presence_gated, 1);
+	offer(b, arrive(b, "g-c"), 33);
+	assert_int_equal(b->presence_gated, 2);
+	sync_journal(b->journal);
+	assert_int_equal(b->presence_gated, 0);
+	offer(b, arrive(b, "g-d"), 34);
+	assert_int_equal(b->presence_gated, 0);
+	// The agent accepts: CallConnected waits for the CONNECTED record.
+	assert_int_equal(broker_change(b, c, BROKER_EV_CONNECT, 32, 0, NULL), 0);
+	assert_int_equal(b->presence_gated, 1);
+	sync_journal(b->journal);
+	assert_int_equal(b->presence_gated, 0);
+	// A repeated ACCEPTED gets CallConnected again, just as held.
+	broker_send_call_connected(b, c);
+	assert_int_equal(b->presence_gated, 1);
+	// A journal closed first releases the held message unsent: the count still drops.
+	rb_bus_free(b->presence[0]);
+	b->presence[0] = NULL;
+	b->npresence = 0;
+	close_journal(b->journal);
+	b->journal = NULL;
+	assert_int_equal(b->presence_gated, 0);
+	free_broker(b);
+}
+
 int main(void)
 {
 	// The expected failures still show; the call-by-call info lines do not.
@@ -709,6 +844,9 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_full_disk, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_cdr_offer_log_replay, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_presence_instance_replay, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_offer_ids_reserved_ahead, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_start_reserves_offer_ids, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_presence_gate, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -411,6 +411,8 @@ static const char *body_name(Ringbid__Envelope__BodyCase body)
 		return "OfferCancel";
 	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
 		return "CallEnded";
+	case RINGBID__ENVELOPE__BODY_CALL_CONNECTED:
+		return "CallConnected";
 	case RINGBID__ENVELOPE__BODY_CALL_SYNC:
 		return "CallSync";
 	default:
@@ -428,8 +430,11 @@ typedef struct presence_gated {
 static void presence_gated_done(int err, void *arg)
 {
 	presence_gated *g = arg;
-	if (err == 0 && g->b->presence != NULL)
-		rb_bus_send(g->b->presence, g->msg);
+	if (g->b->presence_gated > 0)
+		g->b->presence_gated--;
+	rb_bus *bus = err == 0 ? broker_presence_bus(g->b, g->msg) : NULL;
+	if (bus != NULL)
+		rb_bus_send(bus, g->msg);
 	else
 		nng_msg_free(g->msg);
 	free(g);
@@ -441,7 +446,11 @@ static void send_to_pipe(broker *b, nng_msg *msg, uint32_t pipe, bool gated)
 	p.id = pipe;
 	nng_msg_set_pipe(msg, p);
 	if (!gated) {
-		rb_bus_send(b->presence, msg);
+		rb_bus *bus = broker_presence_bus(b, msg);
+		if (bus != NULL)
+			rb_bus_send(bus, msg);
+		else
+			nng_msg_free(msg);
 		return;
 	}
 	presence_gated *g = malloc(sizeof(*g));
@@ -451,10 +460,13 @@ static void send_to_pipe(broker *b, nng_msg *msg, uint32_t pipe, bool gated)
 	}
 	g->b = b;
 	g->msg = msg;
+	// Counted so that an Offer made meanwhile waits behind it (core.c, the Offer).
 	if (broker_journal_after(b->journal, presence_gated_done, g) != 0) {
 		nng_msg_free(msg);
 		free(g);
+		return;
 	}
+	b->presence_gated++;
 }
 
 int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg, bool gated)
@@ -474,6 +486,10 @@ int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg,
 	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
 		agent_id = env->call_ended->agent_id;
 		call_id = env->call_ended->call_id;
+		break;
+	case RINGBID__ENVELOPE__BODY_CALL_CONNECTED:
+		agent_id = env->call_connected->agent_id;
+		call_id = env->call_connected->call_id;
 		break;
 	default:
 		// Answers (refusals) go back to the connection whose message is being handled.
@@ -709,11 +725,15 @@ static void on_offer_result(broker *b, const Ringbid__OfferResult *r)
 		        (unsigned long long)r->offer_id, what);
 		return;
 	}
-	// A repeat of the result that connected the call changes nothing.
+	// A repeat of the result that connected the call changes nothing; presence, which
+	// repeats it when it has not heard the confirmation, is told again.
 	if (c != NULL && accepted && c->offer_id == r->offer_id && c->agent_id == r->agent_id &&
 	    (c->state == BROKER_CALL_CONNECTED ||
-	     (c->state == BROKER_CALL_ENDED && c->disposition == BROKER_DISP_COMPLETED)))
+	     (c->state == BROKER_CALL_ENDED && c->disposition == BROKER_DISP_COMPLETED))) {
+		if (c->state == BROKER_CALL_CONNECTED)
+			broker_send_call_connected(b, c);
 		return;
+	}
 	if (accepted) {
 		// The offer was withdrawn (or the call ended) while the agent accepted: release
 		// the agent, who would otherwise sit on a call that is not there.
@@ -800,13 +820,49 @@ static bool presence_identify(broker *b, uint32_t pipe, uint32_t presence_id)
 	return false;
 }
 
+// Each presence socket's callbacks get the broker and which instance the socket is for.
+typedef struct presence_slot {
+	broker *b;
+	uint32_t instance;
+} presence_slot;
+
+static presence_slot slots[BROKER_PRESENCE_INSTANCES];
+static uint32_t cur_slot; // the socket of peers.cur_pipe, while its message is handled
+
+rb_bus *broker_presence_bus(broker *b, nng_msg *msg)
+{
+	if (b->npresence <= 1)
+		return b->presence[0];
+	uint32_t pipe = (uint32_t)nng_pipe_id(nng_msg_get_pipe(msg));
+	// An answer to a connection that has not said which instance it is goes back on the
+	// socket its message came in on.
+	if (pipe != 0 && pipe == peers.cur_pipe)
+		return b->presence[cur_slot];
+	uint32_t pid = 0;
+	if (!broker_presence_instance_of(pipe, &pid) || pid >= b->npresence)
+		return NULL;
+	return b->presence[pid];
+}
+
 static void presence_recv(rb_bus *bus, nng_msg *msg, void *arg)
 {
-	broker *b = arg;
+	const presence_slot *slot = arg;
+	broker *b = slot->b;
 	(void)bus;
 	peers.cur_pipe = (uint32_t)nng_pipe_id(nng_msg_get_pipe(msg));
+	cur_slot = slot->instance;
 	Ringbid__Envelope *env = open_envelope(b, BROKER_LINK_PRESENCE, msg);
 	if (env == NULL) {
+		peers.cur_pipe = 0;
+		return;
+	}
+	// With several instances each has a socket of its own: a connection on instance i's
+	// socket that speaks for another would have its answers sent where nobody expects them.
+	if (!b->stopping && b->npresence > 1 && env->body_case != RINGBID__ENVELOPE__BODY_ERROR &&
+	    env->presence_id != slot->instance) {
+		refuse(b, BROKER_LINK_PRESENCE, NULL, 0, RB_EINVAL,
+		       "presence_id is not the instance this address is for");
+		rb_pb_free(&env->base);
 		peers.cur_pipe = 0;
 		return;
 	}
@@ -842,7 +898,7 @@ static void presence_recv(rb_bus *bus, nng_msg *msg, void *arg)
 
 static void presence_pipe(rb_bus *bus, nng_pipe pipe, bool added, void *arg)
 {
-	broker *b = arg;
+	broker *b = ((const presence_slot *)arg)->b;
 	(void)bus;
 	uint32_t id = (uint32_t)nng_pipe_id(pipe);
 	if (added) {
@@ -863,8 +919,9 @@ static void presence_pipe(rb_bus *bus, nng_pipe pipe, bool added, void *arg)
 
 // --- setup --------------------------------------------------------------------------------
 
+// arg goes to recv and pipe.
 static int open_pair(broker *b, const char *name, rb_bus_kind kind, const char *url,
-                     rb_bus_recv_fn recv, rb_bus_pipe_fn pipe, rb_bus **out)
+                     rb_bus_recv_fn recv, rb_bus_pipe_fn pipe, rb_bus **out, void *arg)
 {
 	rb_bus_opts opts = {
 	        .recv_max = RB_PB_MAX_SERVICE,
@@ -873,8 +930,8 @@ static int open_pair(broker *b, const char *name, rb_bus_kind kind, const char *
 	int rc = rb_bus_new(&b->svc.loop, kind, &opts, out);
 	if (rc != 0)
 		return rc;
-	rb_bus_on_recv(*out, recv, b);
-	rb_bus_on_pipe(*out, pipe, b);
+	rb_bus_on_recv(*out, recv, arg);
+	rb_bus_on_pipe(*out, pipe, arg);
 	rc = rb_bus_listen(*out, url);
 	if (rc != 0) {
 		rb_logf(RB_LOG_ERROR, NULL, 0, "%s: cannot listen on %s: %s", name, url,
@@ -882,6 +939,53 @@ static int open_pair(broker *b, const char *name, rb_bus_kind kind, const char *
 		return rc;
 	}
 	rb_logf(RB_LOG_INFO, NULL, 0, "%s listening on %s", name, url);
+	return 0;
+}
+
+#define BROKER_URL_MAX 256
+
+// The address of each presence instance's socket: RINGBID_BROKER_PRESENCE_URLS, one URL per
+// instance in order, when there are several; presence_url alone when there is one.
+static int presence_urls(const char *presence_url, uint32_t instances, char urls[][BROKER_URL_MAX])
+{
+	if (instances == 1) {
+		if (strlen(presence_url) >= BROKER_URL_MAX)
+			return RB_ECONFIG;
+		strcpy(urls[0], presence_url);
+		return 0;
+	}
+	const char *list = getenv("RINGBID_BROKER_PRESENCE_URLS");
+	if (list == NULL || list[0] == '\0') {
+		rb_logf(RB_LOG_ERROR, NULL, 0,
+		        "RINGBID_BROKER_PRESENCE_URLS must list the broker's address for each of "
+		        "the "
+		        "%u presence instances (comma-separated, instance 0 first)",
+		        instances);
+		return RB_ECONFIG;
+	}
+	uint32_t n = 0;
+	for (const char *p = list; *p != '\0';) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		if (n == instances || len == 0 || len >= BROKER_URL_MAX) {
+			n = instances + 1;
+			break;
+		}
+		memcpy(urls[n], p, len);
+		urls[n++][len] = '\0';
+		p += len + (end ? 1 : 0);
+		if (end != NULL && *p == '\0') {
+			n = instances + 1; // a trailing comma
+			break;
+		}
+	}
+	if (n != instances) {
+		rb_logf(RB_LOG_ERROR, NULL, 0,
+		        "RINGBID_BROKER_PRESENCE_URLS must hold exactly %u non-empty URLs, one per "
+		        "presence instance",
+		        instances);
+		return RB_ECONFIG;
+	}
 	return 0;
 }
 
@@ -893,17 +997,27 @@ int broker_links_start(broker *b, const char *auction_url, const char *presence_
 	                       &instances);
 	if (rc != 0)
 		return rc;
+	static char urls[BROKER_PRESENCE_INSTANCES][BROKER_URL_MAX];
+	rc = presence_urls(presence_url, (uint32_t)instances, urls);
+	if (rc != 0)
+		return rc;
 	broker_presence_reset((uint32_t)instances);
 	broker_presence_restored(&b->book);
 	rc = open_pair(b, "broker-auction", RB_BUS_PAIR, auction_url, auction_recv, auction_pipe,
-	               &b->auction);
-	// With several presence instances the link is polyamorous: one connection per instance,
-	// each message sent to one of them. With one, it is a plain pair: nng 1.5.2's polyamorous
-	// pair1 queues only two messages per connection and silently drops the rest (a burst of
-	// Offers released by one journal flush would lose some), while a plain pair waits.
-	if (rc == 0)
-		rc = open_pair(b, "broker-presence", instances > 1 ? RB_BUS_PAIR_POLY : RB_BUS_PAIR,
-		               presence_url, presence_recv, presence_pipe, &b->presence);
+	               &b->auction, b);
+	// One plain pair socket per presence instance, each at its own address: a send to a busy
+	// instance waits in its socket. (nng 1.5.2's polyamorous pair1 would queue two messages per
+	// connection and drop the rest without an error; a burst of Offers would lose some.)
+	for (uint32_t i = 0; rc == 0 && i < (uint32_t)instances; i++) {
+		char name[32] = "broker-presence";
+		if (instances > 1)
+			snprintf(name, sizeof name, "broker-presence-%u", i);
+		slots[i] = (presence_slot){.b = b, .instance = i};
+		rc = open_pair(b, name, RB_BUS_PAIR, urls[i], presence_recv, presence_pipe,
+		               &b->presence[i], &slots[i]);
+		if (b->presence[i] != NULL)
+			b->npresence = i + 1; // freed at close, listening or not
+	}
 	if (rc != 0)
 		return rc;
 	rb_bus_opts opts = {

@@ -10,8 +10,6 @@
 #include "broker.h"
 #include "ringbid.pb-c.h"
 
-#define BROKER_PRESENCE_INSTANCES 64
-
 // --- bookkeeping (implemented in links.c; one broker per process) ---------------------------
 
 // Forgets every connection and agent; instances is RINGBID_PRESENCE_INSTANCES (1..64): with
@@ -72,6 +70,11 @@ int broker_presence_call_sync(broker *b, uint32_t presence_id, uint64_t sync_id,
 // msg carries its pipe, send it as usual; 1: msg was taken here (freed because no connection
 // is there for it). Copies for further instances are sent here, after the journal when gated.
 int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg, bool gated);
+// The socket for msg once broker_presence_route has set its pipe: the one socket when there is
+// one presence instance, else the socket of the instance that connection speaks for (or of the
+// connection whose message is being answered). NULL: that connection is gone; msg stays the
+// caller's.
+rb_bus *broker_presence_bus(broker *b, nng_msg *msg);
 // A Match from the auction, before the broker acts on it: notes where the agent is. Returns
 // false when the Match was dealt with here because its instance has no connection (the agent
 // is released and the call stays in line, as if the offer had been lost).

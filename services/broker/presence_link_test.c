@@ -385,6 +385,40 @@ static void test_restored_places_agents(void **state)
 	free_broker(b);
 }
 
+// Each instance has a socket of its own: a message goes out on the socket of the instance its
+// connection spoke for, never on another's, and a message for a connection that is gone is
+// not sent at all.
+static void test_socket_per_instance(void **state)
+{
+	(void)state;
+	broker b;
+	memset(&b, 0, sizeof b);
+	rb_bus *sock0 = (rb_bus *)&b.api, *sock1 = (rb_bus *)&b.auction; // distinct markers
+	b.presence[0] = sock0;
+	b.presence[1] = sock1;
+	b.npresence = 2;
+	assert_int_equal(broker_presence_heard(5, 0), 1);
+	assert_int_equal(broker_presence_heard(6, 1), 1);
+	nng_msg *msg = NULL;
+	assert_int_equal(nng_msg_alloc(&msg, 0), 0);
+	nng_pipe p = NNG_PIPE_INITIALIZER;
+	p.id = 6;
+	nng_msg_set_pipe(msg, p);
+	assert_ptr_equal(broker_presence_bus(&b, msg), sock1);
+	p.id = 5;
+	nng_msg_set_pipe(msg, p);
+	assert_ptr_equal(broker_presence_bus(&b, msg), sock0);
+	broker_presence_gone(5);
+	assert_null(broker_presence_bus(&b, msg));
+	p.id = 77; // never identified
+	nng_msg_set_pipe(msg, p);
+	assert_null(broker_presence_bus(&b, msg));
+	// One instance: its one socket, whatever the pipe.
+	b.npresence = 1;
+	assert_ptr_equal(broker_presence_bus(&b, msg), sock0);
+	nng_msg_free(msg);
+}
+
 int main(void)
 {
 	rb_log_set_level(RB_LOG_ERROR);
@@ -399,6 +433,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_sync_ids, setup_two, teardown),
 	        cmocka_unit_test_setup_teardown(test_route_follows_the_call, setup_two, teardown),
 	        cmocka_unit_test_setup_teardown(test_restored_places_agents, setup_two, teardown),
+	        cmocka_unit_test_setup_teardown(test_socket_per_instance, setup_two, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -54,10 +54,11 @@ static const service services[] = {
 // RINGBID_PRESENCE_INSTANCES: presence processes of one stack, each holding some agents'
 // sessions. Instance 0 is the usual presence; instance i (1..) listens for agents on port
 // base+10+i and answers HTTP on base+85+i, inside the stack's block of 100 ports.
-#define PRESENCE_INSTANCES_MAX  15
-#define PRESENCE_AGENT_PORT_OFF 10
-#define PRESENCE_HTTP_PORT_OFF  85
-#define NRUNS_MAX               (NSERVICES + PRESENCE_INSTANCES_MAX - 1)
+#define PRESENCE_INSTANCES_MAX   15
+#define PRESENCE_AGENT_PORT_OFF  10
+#define PRESENCE_HTTP_PORT_OFF   85
+#define PRESENCE_BROKER_PORT_OFF 60 // instance i > 0 meets the broker at base+60+i
+#define NRUNS_MAX                (NSERVICES + PRESENCE_INSTANCES_MAX - 1)
 
 // The logins of the private cluster. The owner runs migrations and the CLI; each service that
 // uses PostgreSQL logs in as a member of its group role (db/migrations/0006_roles.sql). Every
@@ -1029,6 +1030,7 @@ typedef struct svc_run {
 	char name[32];    // "presence-2" for a further presence instance, else svc->name
 	int instance;     // presence instance number (RINGBID_PRESENCE_ID); 0 for the others
 	char agents[256]; // instance > 0: its RINGBID_PRESENCE_URL
+	char broker[256]; // instance > 0: its RINGBID_BROKER_PRESENCE_URL
 	char bin[PATH_MAX];
 	char log[PATH_MAX];
 	char pidfile[PATH_MAX];
@@ -1069,6 +1071,8 @@ static int svc_paths(svc_run *s, const service *svc, int instance, const char *b
 	         base + PRESENCE_AGENT_PORT_OFF + instance);
 	snprintf(s->http, sizeof s->http, "127.0.0.1:%lld",
 	         base + PRESENCE_HTTP_PORT_OFF + instance);
+	snprintf(s->broker, sizeof s->broker, "tcp://127.0.0.1:%lld",
+	         base + PRESENCE_BROKER_PORT_OFF + instance);
 	return 0;
 }
 
@@ -1147,6 +1151,7 @@ static int svc_start(svc_run *s)
 			setenv("RINGBID_PRESENCE_ID", id, 1);
 			if (s->instance > 0) {
 				setenv("RINGBID_PRESENCE_URL", s->agents, 1);
+				setenv("RINGBID_BROKER_PRESENCE_URL", s->broker, 1);
 				setenv(s->svc->http_env, s->http, 1);
 			}
 		}
@@ -1244,7 +1249,8 @@ static const char up_usage[] =
         "    RINGBID_PRESENCE_INSTANCES (1 to 15, default 1) starts that many presence\n"
         "    processes, numbered 0.., each holding the sessions of the agents that connect\n"
         "    to it: the first on the usual agents' port, instance i on port base+10+i\n"
-        "    (HTTP base+85+i); their URLs go to $RINGBID_HOME/env as RINGBID_PRESENCE_URLS\n"
+        "    (HTTP base+85+i, the broker's socket for it base+60+i); their URLs go to\n"
+        "    $RINGBID_HOME/env as RINGBID_PRESENCE_URLS and RINGBID_BROKER_PRESENCE_URLS\n"
         "and waits until each answers on /readyz. The chosen settings (database URLs, port\n"
         "base, service token) are written to $RINGBID_HOME/env, where every ringbid program\n"
         "finds them. Services already running are left alone.\n"
@@ -1262,7 +1268,8 @@ int cli_cmd_up(int argc, char **argv)
 	char portbase[16], pgport[16], url[DB_URL_MAX + 1], token[256], migrations[PATH_MAX];
 	char svc_urls[NLOGINS][DB_URL_MAX + 1];
 	char instances_text[16], urls[PRESENCE_INSTANCES_MAX * 40];
-	cli_env_kv kv[6 + NLOGINS];
+	char broker_urls[PRESENCE_INSTANCES_MAX * 300];
+	cli_env_kv kv[8 + NLOGINS];
 	size_t nkv = 0, nruns = 0;
 	long long instances = 1;
 	svc_run runs[NRUNS_MAX];
@@ -1332,6 +1339,17 @@ int cli_cmd_up(int argc, char **argv)
 			                        ",tcp://127.0.0.1:%lld",
 			                        base + PRESENCE_AGENT_PORT_OFF + i);
 		kv[nkv++] = (cli_env_kv){"RINGBID_PRESENCE_URLS", urls};
+		// The broker has one socket per instance (a plain pair each), so each instance
+		// meets it at an address of its own.
+		rb_config_url("RINGBID_BROKER_PRESENCE_URL", RB_PORT_BROKER_PRESENCE, broker_urls,
+		              sizeof broker_urls);
+		len = strlen(broker_urls);
+		for (long long i = 1; i < instances && len < sizeof broker_urls; i++)
+			len += (size_t)snprintf(broker_urls + len, sizeof broker_urls - len,
+			                        ",tcp://127.0.0.1:%lld",
+			                        base + PRESENCE_BROKER_PORT_OFF + i);
+		setenv("RINGBID_BROKER_PRESENCE_URLS", broker_urls, 1);
+		kv[nkv++] = (cli_env_kv){"RINGBID_BROKER_PRESENCE_URLS", broker_urls};
 	}
 
 	token_file = !getenv("RINGBID_SERVICE_TOKEN") && getenv("RINGBID_SERVICE_TOKEN_FILE");

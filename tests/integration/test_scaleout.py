@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Presence scaled out: a stack with two presence instances, agents on both. Calls go to the best
-agent whichever instance holds it; an offer reaches only its agent's instance; when one instance
+agent whichever instance holds it; an offer reaches only its agent's instance, and a burst of
+offers to one instance arrives whole (the broker has a socket per instance); when one instance
 is killed its agents leave the auction and calls go to the other's, and when it comes back its
 agents take calls again. No call is ever connected to two agents. The broker, killed while
 calls ring and talk at both instances, comes back knowing each call's instance (journaled with
@@ -52,6 +53,9 @@ def test_two_instances_up(st):
     expect_eq(env.get("RINGBID_PRESENCE_INSTANCES"), "2", "instances in $RINGBID_HOME/env")
     urls = (env.get("RINGBID_PRESENCE_URLS") or "").split(",")
     expect_eq(urls, [st.url(5), st.url(10 + 1)], "RINGBID_PRESENCE_URLS")
+    brokers = (env.get("RINGBID_BROKER_PRESENCE_URLS") or "").split(",")
+    expect_eq(brokers, [st.url(3), st.url(60 + 1)],
+              "RINGBID_BROKER_PRESENCE_URLS: the broker's socket for each instance")
     expect(st.service_alive("presence-1"), "presence instance 1 is not running")
     expect_eq(st.http_get(HTTP_PRESENCE_1, "/readyz")[0], 200, "/readyz of presence-1")
     _, metrics = st.http_get(82, "/metrics")
@@ -164,6 +168,28 @@ def test_no_call_at_two_agents_under_churn(st):
                 open_call = e.get("call_id")
             elif e.get("event") == "call_ended" and e.get("call_id") == open_call:
                 open_call = None
+
+
+def test_offer_burst_reaches_one_instance(st):
+    """A burst of offers to one instance all arrive: each call is offered once, to one agent,
+    and connected. (A socket that dropped offers would leave calls to the broker's backstop,
+    ring timeout + 5 s later, and offer them a second time.)"""
+    tag = "burst"
+    agents = [(9351 + k, 80 - k) for k in range(10)]
+    setup(st, tag, agents, ring_timeout=20, wrap_up=0)
+    clients = [st.start_agent(aid, "--auto-answer", "0.5", *on_instance(st, 1))
+               for aid, _ in agents]
+    st.wait_agent_count("AVAILABLE", 10)
+    calls = [st.place_call(tag, id=st.unique("burst%d" % i), talk=1, background=True)
+             for i in range(10)]
+    results = [c.result(90) for c in calls]
+    for i, res in enumerate(results):
+        expect_eq(res.get("_rc"), 0, "burst call %d (%s)" % (i, res))
+        expect_eq(res.get("disposition"), "completed", "burst call %d disposition" % i)
+        cid = res.get("call_id")
+        offers = sum(len(offered(c, cid)) for c in clients)
+        expect_eq(offers, 1, "offers made for %s" % cid)
+        expect_eq(len(connected_to(clients, cid)), 1, "agents connected to %s" % cid)
 
 
 def test_broker_killed_with_calls_at_both_instances(st):
