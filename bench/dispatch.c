@@ -3,8 +3,8 @@
 //
 // The load generator itself must not be the bottleneck, so it does not run a libuv loop per
 // session: each agent is one nng pair1 socket whose receive aio callback answers on nng's own
-// threads (accept the offer, end the call at once), and callers are plain threads with
-// blocking REQ sockets. Only loopback addresses are used.
+// threads (accept the offer, end the call the moment presence says it connected), and callers
+// are plain threads with blocking REQ sockets. Only loopback addresses are used.
 //
 // One process holds one TCP connection per agent, so a floor larger than the open-file limit
 // is run by a group of processes (--group FILE --procs P), each with its own range of agent ids
@@ -166,10 +166,13 @@ static void on_agent_msg(bench_agent *a, Ringbid__AgentMsg *in)
 		if (st == RINGBID__AGENT_STATE__AGENT_AVAILABLE) {
 			if (atomic_exchange(&a->ready, 1) == 0)
 				atomic_fetch_add(&agents_ready, 1);
-		} else if (st == RINGBID__AGENT_STATE__AGENT_ON_CALL && in->status->call_id &&
-		           in->status->call_id[0] && !atomic_load(&a->held)) {
+		} else if (st == RINGBID__AGENT_STATE__AGENT_ON_CALL && in->seq == 1 &&
+		           in->status->call_id && in->status->call_id[0] &&
+		           !atomic_load(&a->held)) {
 			// A call left connected by an earlier run (the voice leg outlives the
-			// session): end it so this agent can take part.
+			// session): end it so this agent can take part. A call of this run is ended
+			// on its CALL_EVENT_CONNECTED, which follows the ON_CALL status pushed when
+			// the broker confirms the connection.
 			send_end(a, in->status->call_id, 5);
 		} else if ((st == RINGBID__AGENT_STATE__AGENT_NOT_READY ||
 		            st == RINGBID__AGENT_STATE__AGENT_WRAP_UP) &&
@@ -201,6 +204,8 @@ static void on_agent_msg(bench_agent *a, Ringbid__AgentMsg *in)
 		break;
 	}
 	case RINGBID__AGENT_MSG__BODY_CALL_EVENT:
+		// The answer to the accept only says presence took it (the agent stays RESERVED):
+		// the call is the agent's, and can be ended, once the broker has connected it.
 		if (in->call_event->kind == RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED &&
 		    !atomic_load(&a->held)) {
 			send_end(a, in->call_event->call_id, 4);

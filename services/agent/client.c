@@ -1120,6 +1120,9 @@ int agent_client_answer(agent_client *c, bool accept)
 		return rv;
 	if (!c->offer.present)
 		return RB_ENOTFOUND;
+	// Presence has the accept and the broker is connecting the call: no change of mind.
+	if (c->offer.accepted)
+		return accept ? 0 : RB_ESTATE;
 	if (c->offer.answered)
 		return 0;
 	rv = req_add(c, RINGBID__AGENT_MSG__BODY_ANSWER, &r);
@@ -1141,7 +1144,8 @@ int agent_client_end_call(agent_client *c, bool sale, bool resolved)
 	if (rv != 0)
 		return rv;
 	if (!c->call.present)
-		return RB_ENOTFOUND;
+		// An accepted offer is not a call until presence says it connected.
+		return c->offer.present && c->offer.accepted ? RB_ESTATE : RB_ENOTFOUND;
 	if (c->call.end_requested)
 		return 0;
 	rv = req_add(c, RINGBID__AGENT_MSG__BODY_END_CALL, &r);

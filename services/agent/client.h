@@ -40,9 +40,9 @@ typedef enum {
 	AGENT_EV_RESUMED,         // state, call_id ("" when none)
 	AGENT_EV_STATE,           // state, reason ("" when none)
 	AGENT_EV_OFFER,           // offer_id, call_id, program, wait_ms, ring_timeout_ms
-	AGENT_EV_ACCEPTED,        // offer_id, call_id
+	AGENT_EV_ACCEPTED,        // offer_id, call_id: presence has the accept; connecting
 	AGENT_EV_DECLINED,        // offer_id, call_id
-	AGENT_EV_CALL_CONNECTED,  // call_id
+	AGENT_EV_CALL_CONNECTED,  // call_id: the broker connected it; talk time starts
 	AGENT_EV_CALL_ENDED,      // call_id, talk_ms, by_agent, wrap_up_s
 	AGENT_EV_OFFER_WITHDRAWN, // offer_id, call_id, reason
 	AGENT_EV_ERROR,           // code, message
@@ -123,7 +123,7 @@ typedef struct agent_offer {
 	bool present;
 	bool announced; // the OFFER event went out (an offer seen only in a status has no details)
 	bool answered;  // an answer is on its way
-	bool accepted;  // the ACCEPTED event went out
+	bool accepted;  // the ACCEPTED event went out: connecting until the call connects
 	uint64_t offer_id;
 	char call_id[AGENT_ID_MAX + 1];
 	char program[AGENT_ID_MAX + 1];
@@ -187,8 +187,11 @@ uint64_t agent_client_next_due(const agent_client *c);
 // queued, or RB_ENOTFOUND (no offer / no call), RB_ESTATE (finished), RB_EBUSY (too many
 // requests in flight).
 int agent_client_set_ready(agent_client *c, bool ready);
+// An accepted offer is connecting: accepting it again is 0 and sends nothing, declining it is
+// RB_ESTATE. The call starts only when presence says it connected (AGENT_EV_CALL_CONNECTED).
 int agent_client_answer(agent_client *c, bool accept);
-// end_call marks the call a sale and/or resolved (both false: neither).
+// end_call marks the call a sale and/or resolved (both false: neither). RB_ESTATE also when the
+// offer is accepted but the call has not connected yet.
 int agent_client_end_call(agent_client *c, bool sale, bool resolved);
 // Asks presence for the agent's own earnings; the answer comes as AGENT_EV_EARNINGS.
 int agent_client_earnings(agent_client *c);

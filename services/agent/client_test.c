@@ -370,6 +370,11 @@ static void test_auto_answer_flow(void **state)
 	assert_int_equal(e->offer_id, 7);
 	assert_string_equal(e->call_id, "call-1");
 
+	// Accepted is not connected: no call, no talk timer, until presence says so.
+	advance(f, 5000);
+	assert_null(agent_client_call(&f->c, NULL));
+	assert_null(last_of(f, RINGBID__AGENT_MSG__BODY_END_CALL));
+	assert_int_equal(count_events(f, AGENT_EV_CALL_CONNECTED), 0);
 	push_call(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED, "call-1", 7, NULL);
 	e = find_event(f, AGENT_EV_CALL_CONNECTED, &at);
 	assert_non_null(e);
@@ -638,6 +643,63 @@ static void test_answer_once_despite_duplicate_reply(void **state)
 	assert_int_equal(count_events(f, AGENT_EV_CALL_CONNECTED), 1);
 	// Answering again, or with no offer left, changes nothing.
 	assert_int_equal(agent_client_answer(&f->c, true), RB_ENOTFOUND);
+	fake_free(f);
+}
+
+// Between the accept and the broker's confirmation the agent is connecting: no call to end, no
+// decline, talk time not running; a call that ends meanwhile is withdrawn, never connected.
+static void test_connecting_after_accept(void **state)
+{
+	fake *f = fake_new(AGENT_OFFERS_ASK, 0, false);
+	int at = 0;
+	(void)state;
+
+	logged_in(f, RINGBID__AGENT_STATE__AGENT_AVAILABLE);
+	push_status(f, RINGBID__AGENT_STATE__AGENT_RESERVED, "call-8", 8, "offered call call-8");
+	push_offer(f, 8, "call-8", "sales", 1000);
+	assert_int_equal(agent_client_answer(&f->c, true), 0);
+	Ringbid__AgentMsg *ans = last_sent(f);
+	assert_int_equal(ans->body_case, RINGBID__AGENT_MSG__BODY_ANSWER);
+	reply_status(f, ans->seq, RINGBID__AGENT_STATE__AGENT_RESERVED, "call-8", 8, NULL);
+	assert_non_null(find_event(f, AGENT_EV_ACCEPTED, &at));
+	const agent_offer *o = agent_client_offer(&f->c);
+	assert_non_null(o);
+	assert_true(o->accepted);
+	assert_null(agent_client_call(&f->c, NULL));
+	assert_int_equal(agent_client_state(&f->c), RINGBID__AGENT_STATE__AGENT_RESERVED);
+	int sent = f->nsent;
+	assert_int_equal(agent_client_answer(&f->c, true), 0);
+	assert_int_equal(agent_client_answer(&f->c, false), RB_ESTATE);
+	assert_int_equal(agent_client_end_call(&f->c, false, false), RB_ESTATE);
+	assert_int_equal(f->nsent, sent);
+
+	// The caller hangs up before the call connects: withdrawn, no call ever shown.
+	push_call(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, "call-8", 8,
+	          "call ended before it connected");
+	const seen_event *e = find_event(f, AGENT_EV_OFFER_WITHDRAWN, &at);
+	assert_non_null(e);
+	assert_int_equal(e->offer_id, 8);
+	assert_string_equal(e->reason, "call ended before it connected");
+	push_status(f, RINGBID__AGENT_STATE__AGENT_AVAILABLE, "", 0,
+	            "call ended before it connected");
+	assert_null(agent_client_offer(&f->c));
+	assert_int_equal(count_events(f, AGENT_EV_CALL_CONNECTED), 0);
+	assert_int_equal(count_events(f, AGENT_EV_CALL_ENDED), 0);
+	assert_int_equal(agent_client_end_call(&f->c, false, false), RB_ENOTFOUND);
+
+	// The next one connects; its talk time counts from the connection, not the accept.
+	push_offer(f, 9, "call-9", "sales", 1000);
+	assert_int_equal(agent_client_answer(&f->c, true), 0);
+	reply_status(f, last_sent(f)->seq, RINGBID__AGENT_STATE__AGENT_RESERVED, "call-9", 9, NULL);
+	advance(f, 700);
+	push_status(f, RINGBID__AGENT_STATE__AGENT_ON_CALL, "call-9", 0, "call connected");
+	push_call(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED, "call-9", 9, "call connected");
+	assert_int_equal(count_events(f, AGENT_EV_CALL_CONNECTED), 1);
+	advance(f, 2000);
+	uint64_t talk = 0;
+	assert_non_null(agent_client_call(&f->c, &talk));
+	assert_int_equal(talk, 2000);
+	assert_int_equal(agent_client_end_call(&f->c, false, false), 0);
 	fake_free(f);
 }
 
@@ -1018,6 +1080,7 @@ int main(void)
 	        cmocka_unit_test(test_session_expired_request_goes_again),
 	        cmocka_unit_test(test_request_retry_and_give_up),
 	        cmocka_unit_test(test_answer_once_despite_duplicate_reply),
+	        cmocka_unit_test(test_connecting_after_accept),
 	        cmocka_unit_test(test_call_ended_by_caller),
 	        cmocka_unit_test(test_login_refused_exits_3),
 	        cmocka_unit_test(test_login_slowdown_backoff),

@@ -249,8 +249,8 @@ int agent_ui_text(const agent_event *ev, uint64_t agent_id, agent_offer_policy p
 		break;
 	}
 	case AGENT_EV_ACCEPTED:
-		snprintf(out, n, "Accepted: call %s is being connected.",
-		         str_or_empty(ev->call_id));
+		// Not connected yet: the call is the agent's once the broker confirms it.
+		snprintf(out, n, "Accepted call %s: connecting...", str_or_empty(ev->call_id));
 		break;
 	case AGENT_EV_DECLINED:
 		snprintf(out, n, "Declined the offer of call %s.", str_or_empty(ev->call_id));
@@ -438,6 +438,14 @@ static void refuse(agent_ui *ui, int code, const char *message)
 		agent_ui_note(ui, "%s", message);
 }
 
+// The agent accepted an offer and waits for the call to connect.
+static bool connecting(const agent_client *c)
+{
+	const agent_offer *o = agent_client_offer(c);
+
+	return o != NULL && o->accepted && agent_client_call(c, NULL) == NULL;
+}
+
 static const char help_text[] =
         "Commands: ready, pause, accept (y), decline (n), end [sale] [resolved], earnings, status, "
         "logout, quit.";
@@ -470,11 +478,20 @@ int agent_ui_command(agent_ui *ui, agent_client *c, const char *line)
 			refuse(ui, rv, "There is no offer to answer.");
 			return rv;
 		}
+		if (rv == RB_ESTATE && connecting(c)) {
+			refuse(ui, rv, "The offer is accepted: the call is connecting.");
+			return rv;
+		}
 		break;
 	case AGENT_CMD_END:
 		rv = agent_client_end_call(c, args.sale, args.resolved);
 		if (rv == RB_ENOTFOUND) {
 			refuse(ui, rv, "There is no call to end.");
+			return rv;
+		}
+		if (rv == RB_ESTATE && connecting(c)) {
+			refuse(ui, rv,
+			       "The call is still connecting: there is nothing to end yet.");
 			return rv;
 		}
 		break;
@@ -517,6 +534,7 @@ static void status_json(agent_ui *ui, const agent_client *c)
 	} else if (offer) {
 		put(o, "offer_id", json_integer((json_int_t)offer->offer_id), &ok);
 		put(o, "call_id", json_string(offer->call_id), &ok);
+		put(o, "connecting", json_boolean(offer->accepted), &ok);
 	}
 	if (json_finish(o, ok, &s) == 0) {
 		write_line(ui, s);
@@ -557,10 +575,11 @@ void agent_ui_status(agent_ui *ui, const agent_client *c)
 		              state, call->call_id, agent_ui_duration(talk_ms, dur, sizeof(dur)),
 		              link);
 	else if (offer)
-		agent_ui_note(ui, "Agent %" PRIu64 ": %s, offer of call %s%s%s%s", ui->agent_id,
-		              state, offer->call_id, offer->program[0] ? " (program " : "",
-		              offer->program[0] ? offer->program : "",
-		              offer->program[0] ? ")" : "");
+		agent_ui_note(ui, "Agent %" PRIu64 ": %s, %s call %s%s%s%s%s%s", ui->agent_id,
+		              state, offer->accepted ? "accepted" : "offer of", offer->call_id,
+		              offer->program[0] ? " (program " : "",
+		              offer->program[0] ? offer->program : "", offer->program[0] ? ")" : "",
+		              offer->accepted ? ", connecting..." : "", link);
 	else
 		agent_ui_note(ui, "Agent %" PRIu64 ": %s%s", ui->agent_id, state, link);
 }

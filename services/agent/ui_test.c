@@ -224,6 +224,17 @@ static void test_text_lines(void **state)
 	assert_int_equal(agent_ui_text(&ev, 42, AGENT_OFFERS_ACCEPT, line, sizeof(line)), 0);
 	assert_null(strstr(line, "[y/n]"));
 
+	// Accepted is not connected: the line says the call is connecting.
+	ev = base(AGENT_EV_ACCEPTED);
+	ev.offer_id = 5;
+	ev.call_id = "c-1";
+	assert_int_equal(agent_ui_text(&ev, 42, AGENT_OFFERS_ASK, line, sizeof(line)), 0);
+	assert_string_equal(line, "Accepted call c-1: connecting...");
+	ev = base(AGENT_EV_CALL_CONNECTED);
+	ev.call_id = "c-1";
+	assert_int_equal(agent_ui_text(&ev, 42, AGENT_OFFERS_ASK, line, sizeof(line)), 0);
+	assert_string_equal(line, "Call c-1 connected. Type 'end' to hang up.");
+
 	ev = base(AGENT_EV_CALL_ENDED);
 	ev.call_id = "c-1";
 	ev.talk_ms = 83000;
@@ -407,6 +418,95 @@ static void test_commands_run(void **state)
 	free(buf);
 }
 
+// Feeds the client one AgentMsg from presence.
+static void feed(agent_client *c, uint64_t seq, const Ringbid__AgentStatus *st,
+                 const Ringbid__OfferEvent *offer, const Ringbid__CallEvent *ce)
+{
+	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
+	m.seq = seq;
+	if (st != NULL) {
+		m.body_case = RINGBID__AGENT_MSG__BODY_STATUS;
+		m.status = (Ringbid__AgentStatus *)st;
+	} else if (offer != NULL) {
+		m.body_case = RINGBID__AGENT_MSG__BODY_OFFER;
+		m.offer = (Ringbid__OfferEvent *)offer;
+	} else {
+		m.body_case = RINGBID__AGENT_MSG__BODY_CALL_EVENT;
+		m.call_event = (Ringbid__CallEvent *)ce;
+	}
+	agent_client_on_msg(c, &m);
+}
+
+// After accept and before the broker connects the call: the person sees it connecting, cannot
+// decline any more and has no call to end yet.
+static void test_commands_while_connecting(void **state)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&buf, &len);
+	agent_ui ui;
+	agent_client c;
+	int finished = 0;
+	agent_client_config cfg = {.agent_id = 42, .secret = "s", .heartbeat_ms = 1000};
+	agent_client_ops ops = {.send = nop_send,
+	                        .event = nop_event,
+	                        .finish = nop_finish,
+	                        .mono_ms = zero_clock,
+	                        .wall_us = zero_clock,
+	                        .arg = &finished};
+	(void)state;
+
+	assert_non_null(out);
+	assert_int_equal(agent_client_init(&c, &cfg, &ops), 0);
+	agent_ui_init(&ui, AGENT_UI_HUMAN, 42, AGENT_OFFERS_ASK, out);
+	agent_client_link(&c, true); // Login, seq 1
+	Ringbid__AgentStatus st = RINGBID__AGENT_STATUS__INIT;
+	st.agent_id = 42;
+	st.state = RINGBID__AGENT_STATE__AGENT_AVAILABLE;
+	st.session_token = "0123456789abcdef";
+	feed(&c, 1, &st, NULL, NULL);
+	assert_int_equal(agent_client_phase(&c), AGENT_PHASE_ACTIVE);
+	Ringbid__OfferEvent oe = RINGBID__OFFER_EVENT__INIT;
+	oe.offer_id = 9;
+	oe.call_id = "c-9";
+	oe.program = "sales";
+	feed(&c, 0, NULL, &oe, NULL);
+	assert_int_equal(agent_ui_command(&ui, &c, "y"), 0); // Answer, seq 2
+	st.state = RINGBID__AGENT_STATE__AGENT_RESERVED;
+	st.session_token = "";
+	st.call_id = "c-9";
+	st.offer_id = 9;
+	feed(&c, 2, &st, NULL, NULL);
+	assert_true(agent_client_offer(&c)->accepted);
+
+	fflush(out);
+	size_t mark = len;
+	assert_int_equal(agent_ui_command(&ui, &c, "y"), 0); // again: nothing to say
+	assert_int_equal(agent_ui_command(&ui, &c, "n"), RB_ESTATE);
+	assert_int_equal(agent_ui_command(&ui, &c, "end"), RB_ESTATE);
+	assert_int_equal(agent_ui_command(&ui, &c, "status"), 0);
+	fflush(out);
+	const char *said = buf + mark;
+	assert_non_null(strstr(said, "The offer is accepted: the call is connecting.\n"));
+	assert_non_null(
+	        strstr(said, "The call is still connecting: there is nothing to end yet.\n"));
+	assert_non_null(strstr(
+	        said, "Agent 42: RESERVED, accepted call c-9 (program sales), connecting...\n"));
+
+	// Connected: the call is there to end.
+	Ringbid__CallEvent ce = RINGBID__CALL_EVENT__INIT;
+	ce.kind = RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED;
+	ce.call_id = "c-9";
+	ce.offer_id = 9;
+	feed(&c, 0, NULL, NULL, &ce);
+	assert_non_null(agent_client_call(&c, NULL));
+	assert_int_equal(agent_ui_command(&ui, &c, "end"), 0);
+	agent_ui_fini(&ui);
+	agent_client_fini(&c);
+	fclose(out);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -419,6 +519,7 @@ int main(void)
 	        cmocka_unit_test(test_parse_end_marks),
 	        cmocka_unit_test(test_earnings_lines),
 	        cmocka_unit_test(test_commands_run),
+	        cmocka_unit_test(test_commands_while_connecting),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

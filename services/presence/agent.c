@@ -65,8 +65,9 @@ struct presence_agent {
 
 	// What was settled last, so that repeats are answered and not refused.
 	uint64_t last_offer_id;
-	// The offer the agent accepted for call_id (ON_CALL) or, once over, for ended_call_id;
-	// 0 when the broker's CallSync put the agent on the call.
+	// The offer the agent accepted: while it equals offer_id (RESERVED) the agent is
+	// connecting (see connecting()); then the offer of call_id (ON_CALL) or, once over, of
+	// ended_call_id; 0 when the broker's CallSync put the agent on the call.
 	uint64_t accepted_offer_id;
 	char ended_call_id[PRESENCE_ID_MAX + 1];
 	bool ended_by_agent;
@@ -315,6 +316,26 @@ bool presence_agent_suspended(const presence_agent *a)
 {
 	return a->suspended;
 }
+
+// A RESERVED agent whose offer it accepted is connecting. The broker sends the Offer before its
+// record of the match is on disk, so a broker that crashes meanwhile may come back without the
+// offer and give the call to somebody else: until the broker confirms the connection
+// (CallConnected, or a CallSync listing the call CONNECTED at the agent), the agent is not shown
+// the call connected. It stays RESERVED rather than in a state of its own because that is what
+// it is to everybody else: unavailable to the auction, holding one offer, counted as reserved on
+// the wallboard; only the ring timer is off, for the agent has answered. Offer ids are unique
+// across broker restarts, so an accepted id never matches a later offer.
+static bool connecting(const presence_agent *a)
+{
+	return a->state == PRESENCE_RESERVED && a->accepted_offer_id != 0 &&
+	       a->accepted_offer_id == a->offer_id;
+}
+
+bool presence_agent_connecting(const presence_agent *a)
+{
+	return connecting(a);
+}
+
 const char *presence_agent_secret_hash(const presence_agent *a)
 {
 	if (a == NULL || !a->in_roster || a->secret_hash == NULL)
@@ -687,6 +708,13 @@ static void lose_link(presence_core *c, presence_agent *a, const char *reason)
 	rb_logf(RB_LOG_INFO, a->call_id[0] ? a->call_id : NULL, a->id, "link lost: %s", reason);
 	switch (a->state) {
 	case PRESENCE_RESERVED:
+		if (connecting(a)) {
+			// The broker has the ACCEPTED already: the call connects without the
+			// client, as a connected call runs on without it.
+			send_update(c, a);
+			push_status(c, a);
+			break;
+		}
 		offer_result(c, a->offer_id, a->call_id, a->id,
 		             RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
 		call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id,
@@ -809,8 +837,9 @@ void presence_core_touch(presence_core *c, presence_agent *a, uint32_t pipe)
 	}
 	if (!was_live)
 		send_update(c, a);
-	// The new connection never saw the offer that rings at the agent.
-	if (a->state == PRESENCE_RESERVED)
+	// The new connection never saw the offer that rings at the agent. An accepted one no
+	// longer rings: the status answer shows it, and its call event follows.
+	if (a->state == PRESENCE_RESERVED && !connecting(a))
 		offer_event(c, a);
 }
 
@@ -875,16 +904,23 @@ int presence_core_answer(presence_core *c, presence_agent *a, uint64_t offer_id,
 {
 	if (offer_id == 0)
 		return RB_ENOTFOUND;
+	if (offer_id == a->accepted_offer_id &&
+	    (offer_id == a->offer_id || offer_id == a->last_offer_id))
+		// The broker has this offer's ACCEPTED: a repeat is answered, a change of mind
+		// cannot be.
+		return accept ? 0 : RB_ESTATE;
 	if (a->state == PRESENCE_RESERVED && a->offer_id == offer_id) {
 		if (accept) {
 			offer_result(c, offer_id, a->call_id, a->id,
 			             RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
 			a->missed = 0;
+			// Connecting (see connecting()): answered, so the ring timer is off; the
+			// state changes when the broker confirms.
 			a->accepted_offer_id = offer_id;
-			a->answered_us = wall(c);
-			presence_transition(c, a, PRESENCE_ON_CALL, "accepted");
-			call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED, offer_id,
-			           "accepted");
+			timer_clear(c, a);
+			rb_logf(RB_LOG_DEBUG, a->call_id, a->id,
+			        "offer %llu accepted: waiting for the broker to connect it",
+			        (unsigned long long)offer_id);
 		} else {
 			offer_result(c, offer_id, a->call_id, a->id,
 			             RINGBID__OFFER_RESULT_CODE__OFFER_DECLINED);
@@ -911,6 +947,8 @@ int presence_core_end_call(presence_core *c, presence_agent *a, const char *call
 		enter_wrap_up(c, a, a->wrap_up_s, "call ended by the agent");
 		return 0;
 	}
+	if (connecting(a) && strcmp(a->call_id, call_id) == 0)
+		return RB_ESTATE; // accepted, not connected: there is no call to end yet
 	if (strcmp(a->ended_call_id, call_id) == 0)
 		return 0;
 	return RB_ENOTFOUND;
@@ -926,6 +964,32 @@ static bool valid_call_id(const char *s)
 
 #define MAX_RING_MS 600000u
 #define MAX_WRAP_S  86400u
+
+// A connecting agent whose call will not connect (the broker withdrew the offer, the call ended,
+// a restarted broker no longer has it): free again, owing no after-call work, its client never
+// having been shown the call connected.
+static void release_connecting(presence_core *c, presence_agent *a, const char *reason)
+{
+	rb_logf(RB_LOG_INFO, a->call_id, a->id, "accepted offer %llu released: %s",
+	        (unsigned long long)a->offer_id, reason);
+	call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id, reason);
+	if (a->live && a->has_session)
+		presence_transition(c, a, PRESENCE_AVAILABLE, reason);
+	else
+		presence_transition(c, a, PRESENCE_OFFLINE, reason);
+	maybe_reap(c, a);
+}
+
+// The broker has the call the agent accepted CONNECTED on its disk: the agent is on it, and its
+// client hears so now, and not before.
+static void confirm_connected(presence_core *c, presence_agent *a, uint64_t answered_us,
+                              const char *reason)
+{
+	uint64_t offer_id = a->offer_id;
+	a->answered_us = answered_us != 0 ? answered_us : wall(c);
+	presence_transition(c, a, PRESENCE_ON_CALL, reason);
+	call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED, offer_id, reason);
+}
 
 int presence_core_offer(presence_core *c, const Ringbid__Offer *o)
 {
@@ -970,6 +1034,10 @@ int presence_core_offer_cancel(presence_core *c, const Ringbid__OfferCancel *oc)
 	presence_agent *a = presence_core_find(c, oc->agent_id);
 	if (a == NULL || a->state != PRESENCE_RESERVED || a->offer_id != oc->offer_id)
 		return 0;
+	if (connecting(a)) {
+		release_connecting(c, a, "call ended before it connected");
+		return 0;
+	}
 	call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id,
 	           "offer withdrawn");
 	presence_transition(c, a, PRESENCE_AVAILABLE, "offer withdrawn");
@@ -981,6 +1049,12 @@ int presence_core_call_ended(presence_core *c, const Ringbid__CallEnded *ce)
 	if (ce->agent_id == 0 || !valid_call_id(ce->call_id) || ce->wrap_up_s > MAX_WRAP_S)
 		return RB_EINVAL;
 	presence_agent *a = presence_core_find(c, ce->agent_id);
+	if (a != NULL && connecting(a) && strcmp(a->call_id, ce->call_id) == 0) {
+		// An ACCEPTED that crossed the end of the call (the caller hung up, the offer was
+		// withdrawn): the agent never had it.
+		release_connecting(c, a, "call ended before it connected");
+		return 0;
+	}
 	if (a == NULL || a->state != PRESENCE_ON_CALL || strcmp(a->call_id, ce->call_id) != 0)
 		return 0;
 	copy_str(a->ended_call_id, sizeof(a->ended_call_id), ce->call_id);
@@ -988,6 +1062,40 @@ int presence_core_call_ended(presence_core *c, const Ringbid__CallEnded *ce)
 	a->wrap_up_s = ce->wrap_up_s;
 	call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_ENDED, 0, "call ended");
 	enter_wrap_up(c, a, ce->wrap_up_s, "call ended");
+	return 0;
+}
+
+int presence_core_call_connected(presence_core *c, const Ringbid__CallConnected *cc)
+{
+	if (cc->agent_id == 0 || cc->offer_id == 0 || !valid_call_id(cc->call_id))
+		return RB_EINVAL;
+	presence_agent *a = presence_core_find(c, cc->agent_id);
+	if (a != NULL && a->state == PRESENCE_RESERVED && a->offer_id == cc->offer_id &&
+	    strcmp(a->call_id, cc->call_id) == 0) {
+		if (!connecting(a)) {
+			// Still ringing here, yet connected: telephony reported the call answered
+			// at the agent's phone. The offer is settled by that answer, as by an
+			// accept, and needs no result of presence's.
+			rb_logf(RB_LOG_INFO, a->call_id, a->id,
+			        "offer %llu answered at the telephone: connected",
+			        (unsigned long long)a->offer_id);
+			a->missed = 0;
+			a->accepted_offer_id = a->offer_id;
+		}
+		confirm_connected(c, a, cc->answered_us, "call connected");
+		return 0;
+	}
+	// The broker says it again (an ACCEPTED repeated after a CallSync), or says it late.
+	if (a != NULL && ((a->state == PRESENCE_ON_CALL && strcmp(a->call_id, cc->call_id) == 0) ||
+	                  strcmp(a->ended_call_id, cc->call_id) == 0))
+		return 0;
+	// Not the offer this agent waits on: it settled otherwise here, and the call is the
+	// broker's to end. The broker's next CallSync brings the two pictures together.
+	rb_logf(RB_LOG_WARN, cc->call_id, cc->agent_id,
+	        "call connected at the broker with offer %llu, which the agent is not connecting "
+	        "(%s): ignored",
+	        (unsigned long long)cc->offer_id,
+	        a != NULL ? presence_state_name(a->state) : "unknown agent");
 	return 0;
 }
 
@@ -1020,6 +1128,15 @@ static int sync_connected(presence_core *c, const Ringbid__AgentCall *ac, uint64
 		agent_hangup(c, a->id, ac->call_id, a->ended_sale, a->ended_resolved);
 		return 0;
 	}
+	if (connecting(a) && strcmp(a->call_id, ac->call_id) == 0) {
+		// The broker connected the offer the agent accepted (its CallConnected went with
+		// the old link): this is the confirmation.
+		if (ac->program != NULL && ac->program[0] != '\0')
+			copy_str(a->program, sizeof(a->program), ac->program);
+		a->wrap_up_s = ac->wrap_up_s;
+		confirm_connected(c, a, ac->answered_us, "connected call at the broker");
+		return 0;
+	}
 	if (a->state == PRESENCE_RESERVED && strcmp(a->call_id, ac->call_id) != 0)
 		call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN, a->offer_id,
 		           "offer withdrawn");
@@ -1046,6 +1163,11 @@ static void sync_offered(presence_core *c, const Ringbid__AgentCall *ac, uint64_
 	presence_agent *a = presence_core_find(c, ac->agent_id);
 	if (a != NULL && a->state == PRESENCE_RESERVED && a->offer_id == ac->offer_id) {
 		a->sync_gen = gen;
+		// Accepted meanwhile: ACCEPTED again, and the agent goes on waiting for the
+		// broker to connect it and say so.
+		if (connecting(a))
+			send_result(c, ac->offer_id, a->call_id, a->id,
+			            RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED, true);
 		return;
 	}
 	bool accepted = a != NULL && a->accepted_offer_id == ac->offer_id;
@@ -1075,7 +1197,9 @@ static void sync_sweep(presence_core *c, uint64_t gen)
 		next = TAILQ_NEXT(a, busy);
 		if (a->sync_gen == gen)
 			continue;
-		if (a->state == PRESENCE_RESERVED) {
+		if (connecting(a)) {
+			release_connecting(c, a, "call no longer at the broker");
+		} else if (a->state == PRESENCE_RESERVED) {
 			call_event(c, a, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN,
 			           a->offer_id, "offer no longer at the broker");
 			presence_transition(c, a, PRESENCE_AVAILABLE,
@@ -1160,7 +1284,9 @@ uint32_t presence_core_stop(presence_core *c)
 	presence_agent *a = TAILQ_FIRST(&c->busy), *next;
 	for (; a != NULL; a = next) {
 		next = TAILQ_NEXT(a, busy);
-		if (a->state != PRESENCE_RESERVED)
+		// An accepted offer has had its one result: the broker connects it, and the next
+		// presence finds the call in the broker's CallSync.
+		if (a->state != PRESENCE_RESERVED || connecting(a))
 			continue;
 		offer_result(c, a->offer_id, a->call_id, a->id,
 		             RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST);
@@ -1564,7 +1690,7 @@ void presence_core_tick(presence_core *c)
 		presence_agent *a = RB_MIN(ptimers, &c->timers);
 		if (a != NULL && a->timer_at <= now) {
 			timer_clear(c, a);
-			if (a->state == PRESENCE_RESERVED) {
+			if (a->state == PRESENCE_RESERVED && !connecting(a)) {
 				ring_timeout(c, a);
 			} else if (a->state == PRESENCE_WRAP_UP) {
 				finish_wrap_up(c, a, "wrap-up ended");

@@ -123,6 +123,9 @@ bool presence_agent_live(const presence_agent *a);           // session with a l
 bool presence_agent_has_session(const presence_agent *a);
 bool presence_agent_in_roster(const presence_agent *a);
 bool presence_agent_suspended(const presence_agent *a);
+// RESERVED with its offer accepted: the broker has the ACCEPTED, the call is not connected
+// until the broker confirms it (presence_core_call_connected, or a CallSync).
+bool presence_agent_connecting(const presence_agent *a);
 // The argon2id hash to check a login against: NULL when the agent cannot log in by secret
 // (unknown to the roster or no usable hash). Valid until the next roster change.
 const char *presence_agent_secret_hash(const presence_agent *a);
@@ -198,15 +201,20 @@ void presence_core_touch(presence_core *c, presence_agent *a, uint32_t pipe);
 // SetState AVAILABLE or NOT_READY. Returns 0 (also when already there), RB_EINVAL (another
 // state) or RB_ESTATE (not allowed now).
 int presence_core_set_state(presence_core *c, presence_agent *a, presence_state to);
-// Answers the agent's current offer. Returns 0 (also for a repeated answer to the offer it
-// answered last), or RB_ENOTFOUND (not this agent's offer).
+// Answers the agent's current offer. An accept sends ACCEPTED to the broker and leaves the
+// agent RESERVED, connecting, its ring timer disarmed: the call is shown connected only when
+// the broker confirms it. Returns 0 (also for a repeated answer to the offer it answered last),
+// RB_ESTATE (a decline of an offer the agent accepted; nothing changes) or RB_ENOTFOUND (not
+// this agent's offer).
 int presence_core_answer(presence_core *c, presence_agent *a, uint64_t offer_id, bool accept);
 // The agent ends its connected call, marking it a sale and/or resolved (passed on to the broker
-// for the CDR). Returns 0 (also when it already ended that call) or RB_ENOTFOUND.
+// for the CDR). Returns 0 (also when it already ended that call), RB_ESTATE (the call was
+// accepted but is not connected yet; nothing changes) or RB_ENOTFOUND.
 int presence_core_end_call(presence_core *c, presence_agent *a, const char *call_id, bool sale,
                            bool resolved);
 // Ends the session: token revoked, link unbound; AVAILABLE/NOT_READY/RESERVED -> OFFLINE (an
-// offer in flight is AGENT_LOST); a call keeps running.
+// offer still ringing is AGENT_LOST); a call keeps running, and so does an accepted offer
+// waiting for the broker (its ACCEPTED is sent).
 void presence_core_logout(presence_core *c, presence_agent *a);
 // The connection pipe closed: the session bound to it (if any) loses its link.
 void presence_core_pipe_closed(presence_core *c, uint32_t pipe);
@@ -216,19 +224,31 @@ void presence_core_pipe_closed(presence_core *c, uint32_t pipe);
 // Returns 0 (including REFUSED and ignored duplicates) or RB_EINVAL (nothing changes).
 int presence_core_offer(presence_core *c, const Ringbid__Offer *o);
 int presence_core_offer_cancel(presence_core *c, const Ringbid__OfferCancel *oc);
+// OfferCancel and CallEnded of a call the agent is connecting release it (AVAILABLE, or
+// OFFLINE without a live session; no wrap-up) with CALL_EVENT_OFFER_WITHDRAWN: its client never
+// saw the call connected.
 int presence_core_call_ended(presence_core *c, const Ringbid__CallEnded *ce);
+// The broker connected the call of the agent's offer (its CONNECTED record is on disk): the
+// agent, connecting or, when telephony reported the call answered, still ringing, goes ON_CALL
+// (answered_us from the message, 0: now) and its client gets CALL_EVENT_CONNECTED. A repeat, or
+// a call the agent has already left, changes nothing; so does a confirmation of an offer the
+// agent does not hold (logged). Returns 0 or RB_EINVAL (a field not valid; nothing changes).
+int presence_core_call_connected(presence_core *c, const Ringbid__CallConnected *cc);
 // One chunk of the broker's CallSync. Each entry is settled as it arrives (an offer kept, or
-// accepted again when the agent accepted it meanwhile, or AGENT_LOST; a connected call makes
-// its agent ON_CALL); offers and calls the broker did not list are withdrawn and ended only at
-// the last chunk of a sync whose first chunk was seen, with no chunk of it refused. Returns 0,
+// accepted again when the agent accepted it meanwhile, the agent still connecting, or
+// AGENT_LOST; a connected call makes its agent ON_CALL, which confirms a connecting agent);
+// offers and calls the broker did not list are withdrawn (a connecting agent released, never
+// shown connected) and ended only at the last chunk of a sync whose first chunk was seen, with
+// no chunk of it refused. Returns 0,
 // RB_EINVAL (an entry not valid, or first/last without a sync_id: nothing of the chunk is
 // applied, and the open sync withdraws nothing) or RB_ENOMEM.
 int presence_core_call_sync(presence_core *c, const Ringbid__CallSync *cs);
 // Fills counts for PresenceStats (PRESENCE_NSTATES entries).
 void presence_core_stats_msg(const presence_core *c, Ringbid__AgentCount counts[PRESENCE_NSTATES],
                              Ringbid__AgentCount *ptrs[PRESENCE_NSTATES]);
-// Presence is stopping: every offer in flight is given back to the broker (AGENT_LOST) and its
-// agent goes OFFLINE; offers arriving from now on are REFUSED. Returns how many were in flight.
+// Presence is stopping: every offer still ringing is given back to the broker (AGENT_LOST) and
+// its agent goes OFFLINE (an accepted one is the broker's already: its agent is left
+// connecting); offers arriving from now on are REFUSED. Returns how many were given back.
 uint32_t presence_core_stop(presence_core *c);
 
 // ---- the auction

@@ -286,6 +286,31 @@ static void offer(fx *f, uint64_t offer_id, const char *call_id, uint64_t agent_
 	assert_int_equal(presence_core_offer(f->c, &o), 0);
 }
 
+// The broker's CallConnected: it has taken the agent's ACCEPTED and the call is connected on
+// its disk.
+static int call_connected(fx *f, uint64_t offer_id, const char *call_id, uint64_t agent_id,
+                          uint64_t answered_us)
+{
+	Ringbid__CallConnected cc = RINGBID__CALL_CONNECTED__INIT;
+	cc.offer_id = offer_id;
+	cc.call_id = (char *)call_id;
+	cc.agent_id = agent_id;
+	cc.answered_us = answered_us;
+	return presence_core_call_connected(f->c, &cc);
+}
+
+// The agent accepts its offer and the broker connects the call: ON_CALL.
+static void accept_call(fx *f, presence_agent *a, uint64_t offer_id)
+{
+	char call_id[PRESENCE_ID_MAX + 1];
+	snprintf(call_id, sizeof(call_id), "%s", presence_agent_call_id(a));
+	assert_int_equal(presence_core_answer(f->c, a, offer_id, true), 0);
+	assert_true(presence_agent_connecting(a));
+	assert_int_equal(call_connected(f, offer_id, call_id, presence_agent_id(a), f->wall), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_false(presence_agent_connecting(a));
+}
+
 static const bmsg *last_result(const fx *f)
 {
 	for (size_t i = f->nbm; i > 0; i--)
@@ -509,24 +534,34 @@ static void test_offer_accept_end(void **state)
 
 	clear(f);
 	assert_int_equal(presence_core_answer(f->c, a, 100, true), 0);
-	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	// Accepted, not connected: the broker has the answer, the client no call yet.
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	assert_true(presence_agent_connecting(a));
 	const bmsg *r = last_result(f);
 	assert_non_null(r);
 	assert_int_equal(r->result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
 	assert_int_equal(r->offer_id, 100);
 	assert_int_equal(r->agent_id, 1);
 	assert_string_equal(r->call_id, "c1");
-	ev = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
-	                 RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED);
-	assert_non_null(ev);
-	assert_string_equal(ev->call_id, "c1");
+	assert_null(find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                        RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED));
 	// Accepting again is idempotent: no second result.
 	assert_int_equal(presence_core_answer(f->c, a, 100, true), 0);
 	assert_int_equal(count_results(f, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED), 1);
 	// The ring timer no longer fires.
 	clear(f);
 	advance(f, 20 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	assert_int_equal(f->nbm, 0);
+	// The broker connects the call: now the client hears it.
+	assert_int_equal(call_connected(f, 100, "c1", 1, f->wall), 0);
 	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	ev = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                 RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED);
+	assert_non_null(ev);
+	assert_string_equal(ev->call_id, "c1");
+	assert_int_equal(ev->offer_id, 100);
+	assert_int_equal(ev->pipe, 11);
 	assert_int_equal(f->nbm, 0);
 
 	// Ending another call is refused; ending this one goes to WRAP_UP.
@@ -557,13 +592,13 @@ static void test_wrap_up_zero_and_ready(void **state)
 	fx *f = fx_new(2);
 	presence_agent *a = ready_agent(f, 1, 11, NULL);
 	offer(f, 1, "c1", 1, 15000, 0);
-	assert_int_equal(presence_core_answer(f->c, a, 1, true), 0);
+	accept_call(f, a, 1);
 	assert_int_equal(presence_core_end_call(f->c, a, "c1", false, false), 0);
 	// No wrap-up time: straight back to AVAILABLE.
 	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
 
 	offer(f, 2, "c2", 1, 15000, 60);
-	assert_int_equal(presence_core_answer(f->c, a, 2, true), 0);
+	accept_call(f, a, 2);
 	// The broker ends the call: WRAP_UP, and CallEnded again changes nothing.
 	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
 	ce.call_id = "c2";
@@ -585,7 +620,7 @@ static void test_wrap_up_zero_and_ready(void **state)
 	assert_int_equal(presence_agent_state_seq(a), seq);
 	// WRAP_UP -> NOT_READY on request.
 	offer(f, 3, "c3", 1, 15000, 60);
-	presence_core_answer(f->c, a, 3, true);
+	accept_call(f, a, 3);
 	presence_core_end_call(f->c, a, "c3", false, false);
 	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), 0);
 	assert_int_equal(presence_agent_state(a), PRESENCE_NOT_READY);
@@ -594,7 +629,7 @@ static void test_wrap_up_zero_and_ready(void **state)
 	offer(f, 4, "c4", 1, 15000, 60);
 	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), RB_ESTATE);
 	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), RB_ESTATE);
-	presence_core_answer(f->c, a, 4, true);
+	accept_call(f, a, 4);
 	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), RB_ESTATE);
 	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_NOT_READY), RB_ESTATE);
 	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
@@ -763,7 +798,7 @@ static void test_accept_resets_missed(void **state)
 	advance(f, 1 * SEC);
 	assert_int_equal(presence_agent_missed(a), 1);
 	offer(f, 2, "c2", 1, 1000, 0);
-	assert_int_equal(presence_core_answer(f->c, a, 2, true), 0);
+	accept_call(f, a, 2);
 	assert_int_equal(presence_agent_missed(a), 0);
 	presence_core_end_call(f->c, a, "c2", false, false);
 	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
@@ -861,7 +896,7 @@ static void test_loss_during_call_and_resume(void **state)
 	char token[RB_TOKEN_HEX];
 	presence_agent *a = ready_agent(f, 1, 11, token);
 	offer(f, 1, "c1", 1, 15000, 20);
-	presence_core_answer(f->c, a, 1, true);
+	accept_call(f, a, 1);
 	clear(f);
 	presence_core_pipe_closed(f->c, 11);
 	// The voice leg is not the data link: the call goes on.
@@ -973,7 +1008,7 @@ static void test_login_replaces_session(void **state)
 	// Login while ON_CALL keeps the call.
 	presence_core_set_state(f->c, a, PRESENCE_AVAILABLE);
 	offer(f, 2, "c2", 1, 15000, 30);
-	presence_core_answer(f->c, a, 2, true);
+	accept_call(f, a, 2);
 	presence_core_pipe_closed(f->c, 22);
 	login(f, 1, 23, NULL);
 	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
@@ -1013,7 +1048,7 @@ static void test_logout(void **state)
 	char t2[RB_TOKEN_HEX];
 	ready_agent(f, 1, 12, t2);
 	offer(f, 2, "c2", 1, 15000, 5);
-	presence_core_answer(f->c, a, 2, true);
+	accept_call(f, a, 2);
 	presence_core_logout(f->c, a);
 	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
 	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
@@ -1101,8 +1136,8 @@ static void test_call_sync(void **state)
 	presence_agent *a4 = ready_agent(f, 4, 44, NULL);
 	offer(f, 10, "keep", 1, 15000, 30);   // listed: kept
 	offer(f, 11, "gone", 2, 15000, 30);   // not listed: withdrawn
-	offer(f, 12, "oncall", 3, 15000, 30); // accepted, not listed: the call is over
-	presence_core_answer(f->c, a3, 12, true);
+	offer(f, 12, "oncall", 3, 15000, 30); // connected, not listed: the call is over
+	accept_call(f, a3, 12);
 
 	Ringbid__AgentCall c1 = RINGBID__AGENT_CALL__INIT, c2 = RINGBID__AGENT_CALL__INIT,
 	                   c3 = RINGBID__AGENT_CALL__INIT, c4 = RINGBID__AGENT_CALL__INIT;
@@ -1181,7 +1216,7 @@ static void test_sync_resends_hangup(void **state)
 	fx *f = fx_new(2);
 	presence_agent *a = ready_agent(f, 1, 11, NULL);
 	offer(f, 1, "c1", 1, 15000, 60);
-	presence_core_answer(f->c, a, 1, true);
+	accept_call(f, a, 1);
 	presence_core_end_call(f->c, a, "c1", false, false);
 	// The broker never heard the hang-up and still lists the call as connected.
 	Ringbid__AgentCall ac = RINGBID__AGENT_CALL__INIT;
@@ -1252,8 +1287,9 @@ static size_t count_hangups(const fx *f, const char *call_id)
 }
 
 // The broker died after the agent accepted but before its CONNECTED record reached the disk:
-// the restarted broker lists the call OFFERED with that offer. The agent keeps its call and the
-// broker hears ACCEPTED again; a call the agent has ended since is accepted and hung up again.
+// the restarted broker lists the call OFFERED with that offer. The agent, still connecting,
+// stays so and the broker hears ACCEPTED again; a call the agent has ended since (a broker that
+// listed it OFFERED after having connected it) is accepted and hung up again.
 static void test_sync_accepted_before_broker_restart(void **state)
 {
 	(void)state;
@@ -1265,8 +1301,8 @@ static void test_sync_accepted_before_broker_restart(void **state)
 	offer(f, 11, "k2", 2, 15000, 30);
 	offer(f, 12, "k3", 3, 15000, 30);
 	assert_int_equal(presence_core_answer(f->c, a1, 10, true), 0);
-	assert_int_equal(presence_core_answer(f->c, a2, 11, true), 0);
-	assert_int_equal(presence_core_answer(f->c, a3, 12, true), 0);
+	accept_call(f, a2, 11);
+	accept_call(f, a3, 12);
 	assert_int_equal(presence_core_end_call(f->c, a2, "k2", true, false), 0);
 	uint64_t accepted = presence_core_stats(f->c)->offers[0];
 	uint64_t seq1 = presence_agent_state_seq(a1);
@@ -1279,8 +1315,9 @@ static void test_sync_accepted_before_broker_restart(void **state)
 	clear(f);
 	assert_int_equal(sync_chunk(f, 5, true, true, calls, 3), 0);
 
-	// Agent 1 stays on its call, its client hears nothing, the broker hears ACCEPTED.
-	assert_int_equal(presence_agent_state(a1), PRESENCE_ON_CALL);
+	// Agent 1 goes on connecting, its client hears nothing, the broker hears ACCEPTED.
+	assert_int_equal(presence_agent_state(a1), PRESENCE_RESERVED);
+	assert_true(presence_agent_connecting(a1));
 	assert_string_equal(presence_agent_call_id(a1), "k1");
 	assert_int_equal(presence_agent_state_seq(a1), seq1);
 	for (size_t i = 0; i < f->ncm; i++)
@@ -1322,13 +1359,23 @@ static void test_sync_accepted_before_broker_restart(void **state)
 	// The repeats are not counted as new answers.
 	assert_int_equal(presence_core_stats(f->c)->offers[0], accepted);
 
-	// Once connected, the next sync lists k1 CONNECTED: nothing more is said.
+	// Once connected, the next sync lists k1 CONNECTED: that confirms it, and the client
+	// hears the call connected; the broker hears nothing more.
 	Ringbid__AgentCall c1;
 	Ringbid__AgentCall *calls2[] = {sync_entry(&c1, 1, "k1", 0)};
 	clear(f);
 	assert_int_equal(sync_chunk(f, 6, true, true, calls2, 1), 0);
 	assert_int_equal(presence_agent_state(a1), PRESENCE_ON_CALL);
 	assert_int_equal(f->nbm, 0);
+	const cmsg *ev = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                             RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED);
+	assert_non_null(ev);
+	assert_int_equal(ev->pipe, 11);
+	assert_int_equal(ev->offer_id, 10);
+	// Its CallConnected, late, changes nothing.
+	clear(f);
+	assert_int_equal(call_connected(f, 10, "k1", 1, f->wall), 0);
+	assert_int_equal(f->nbm + f->ncm + f->nam, 0);
 	fx_free(f);
 }
 
@@ -1345,7 +1392,7 @@ static void test_sync_in_chunks(void **state)
 		snprintf(call, sizeof(call), "c%llu", (unsigned long long)id);
 		offer(f, 100 + id, call, id, 60000, 30);
 		if (id >= 4) // 1..3 ringing, 4..6 talking
-			assert_int_equal(presence_core_answer(f->c, a[id], 100 + id, true), 0);
+			accept_call(f, a[id], 100 + id);
 	}
 	Ringbid__AgentCall e[7];
 	Ringbid__AgentCall *p[7];
@@ -1418,6 +1465,399 @@ static void test_sync_in_chunks(void **state)
 
 	for (uint64_t id = 1; id <= 6; id++)
 		free(e[id].call_id);
+	fx_free(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connecting: the agent accepted, the broker has not confirmed the connection yet
+
+static size_t count_events(const fx *f, int kind)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < f->ncm; i++)
+		if (f->cm[i].body == RINGBID__AGENT_MSG__BODY_CALL_EVENT && f->cm[i].kind == kind)
+			n++;
+	return n;
+}
+
+// An agent of its own with offer offer_id of call_id accepted: connecting.
+static presence_agent *connecting_agent(fx *f, uint64_t id, uint64_t offer_id, const char *call_id,
+                                        uint32_t ring_ms, uint32_t wrap_s)
+{
+	presence_agent *a = ready_agent(f, id, (uint32_t)(10 * id + 1), NULL);
+	offer(f, offer_id, call_id, id, ring_ms, wrap_s);
+	assert_int_equal(presence_core_answer(f->c, a, offer_id, true), 0);
+	assert_true(presence_agent_connecting(a));
+	return a;
+}
+
+static void test_connecting_until_confirmed(void **state)
+{
+	(void)state;
+	fx *f = fx_new(1); // one miss would pause the agent: none may be counted
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	ready_agent(f, 2, 22, NULL);
+	offer(f, 7, "c7", 1, 5000, 30);
+	uint64_t seq = presence_agent_state_seq(a);
+	clear(f);
+	presence_core_quiet(f->c, a); // the accept is the client's request: its answer says it
+	assert_int_equal(presence_core_answer(f->c, a, 7, true), 0);
+	presence_core_quiet(f->c, NULL);
+	// ACCEPTED to the broker; the agent stays RESERVED, not a transition of its own, and
+	// nothing reaches the client or the auction.
+	assert_int_equal(f->nbm, 1);
+	assert_int_equal(f->bm[0].result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	assert_int_equal(f->ncm + f->nam, 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_state_seq(a), seq);
+	assert_int_equal(presence_agent_offer_id(a), 7);
+	Ringbid__AgentStatus st;
+	presence_core_status(f->c, a, &st);
+	assert_int_equal(st.state, RINGBID__AGENT_STATE__AGENT_RESERVED);
+	assert_int_equal(st.offer_id, 7);
+	assert_string_equal(st.call_id, "c7");
+	uint32_t counts[PRESENCE_NSTATES];
+	presence_core_counts(f->c, counts);
+	assert_int_equal(counts[PRESENCE_RESERVED], 1);
+	assert_int_equal(counts[PRESENCE_ON_CALL], 0);
+
+	// Still unavailable to the auction: another offer is refused and the auction hears the
+	// agent is not available.
+	offer(f, 8, "c8", 1, 5000, 30);
+	assert_int_equal(last_result(f)->result, RINGBID__OFFER_RESULT_CODE__OFFER_REFUSED);
+	assert_int_equal(last_result(f)->offer_id, 8);
+	assert_false(last_update(f, 1)->available);
+	assert_true(presence_agent_connecting(a));
+
+	// The ring timer does not fire: no TIMEOUT, no miss, no pause.
+	clear(f);
+	advance(f, 60 * SEC);
+	assert_int_equal(f->nbm + f->ncm + f->nam, 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	assert_int_equal(presence_agent_missed(a), 0);
+	assert_int_equal(presence_core_next_deadline(f->c) > f->mono + 3000 * SEC, true);
+
+	// A repeated accept is a success that sends nothing; a decline is refused.
+	assert_int_equal(presence_core_answer(f->c, a, 7, true), 0);
+	assert_int_equal(presence_core_answer(f->c, a, 7, false), RB_ESTATE);
+	// Ending the call before it connected is refused, and says nothing to the broker.
+	assert_int_equal(presence_core_end_call(f->c, a, "c7", false, false), RB_ESTATE);
+	assert_int_equal(presence_core_end_call(f->c, a, "c8", false, false), RB_ENOTFOUND);
+	assert_int_equal(f->nbm + f->ncm + f->nam, 0);
+	assert_true(presence_agent_connecting(a));
+	assert_int_equal(presence_agent_state_seq(a), seq);
+
+	// Confirmations that are not this agent's, this offer's or this call's change nothing;
+	// malformed ones are refused.
+	assert_int_equal(call_connected(f, 7, "c7", 2, f->wall), 0);  // another agent
+	assert_int_equal(call_connected(f, 6, "c7", 1, f->wall), 0);  // another offer
+	assert_int_equal(call_connected(f, 7, "c6", 1, f->wall), 0);  // another call
+	assert_int_equal(call_connected(f, 7, "c7", 99, f->wall), 0); // unknown agent
+	assert_int_equal(call_connected(f, 0, "c7", 1, f->wall), RB_EINVAL);
+	assert_int_equal(call_connected(f, 7, "c7", 0, f->wall), RB_EINVAL);
+	assert_int_equal(call_connected(f, 7, "bad id", 1, f->wall), RB_EINVAL);
+	assert_int_equal(call_connected(f, 7, NULL, 1, f->wall), RB_EINVAL);
+	assert_int_equal(call_connected(f, 7, "", 1, f->wall), RB_EINVAL);
+	assert_int_equal(f->nbm + f->ncm + f->nam, 0);
+	assert_true(presence_agent_connecting(a));
+	assert_int_equal(presence_agent_state(presence_core_find(f->c, 2)), PRESENCE_AVAILABLE);
+
+	// The broker's confirmation: ON_CALL, and CALL_EVENT_CONNECTED at the agent's client.
+	uint64_t answered = f->wall - 3 * MS;
+	assert_int_equal(call_connected(f, 7, "c7", 1, answered), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_false(presence_agent_connecting(a));
+	assert_int_equal(presence_agent_state_seq(a), seq + 1);
+	const cmsg *ev = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                             RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED);
+	assert_non_null(ev);
+	assert_int_equal(ev->pipe, 11);
+	assert_int_equal(ev->offer_id, 7);
+	assert_string_equal(ev->call_id, "c7");
+	const cmsg *sm = find_client(f, RINGBID__AGENT_MSG__BODY_STATUS, 0);
+	assert_non_null(sm);
+	assert_int_equal(sm->state, PRESENCE_ON_CALL);
+	assert_string_equal(sm->call_id, "c7");
+	assert_false(last_update(f, 1)->available);
+	assert_int_equal(f->nbm, 0);
+	presence_core_counts(f->c, counts);
+	assert_int_equal(counts[PRESENCE_RESERVED], 0);
+	assert_int_equal(counts[PRESENCE_ON_CALL], 1);
+
+	// Repeats change nothing and say nothing.
+	clear(f);
+	assert_int_equal(call_connected(f, 7, "c7", 1, answered), 0);
+	assert_int_equal(call_connected(f, 7, "c7", 1, 0), 0);
+	assert_int_equal(presence_agent_state_seq(a), seq + 1);
+	assert_int_equal(f->nbm + f->ncm + f->nam, 0);
+	// Connected now: the accept still succeeds, the decline is still refused.
+	assert_int_equal(presence_core_answer(f->c, a, 7, true), 0);
+	assert_int_equal(presence_core_answer(f->c, a, 7, false), RB_ESTATE);
+	assert_int_equal(f->nbm, 0);
+
+	// The call ends; a late confirmation of it does not bring it back.
+	assert_int_equal(presence_core_end_call(f->c, a, "c7", false, false), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
+	seq = presence_agent_state_seq(a);
+	clear(f);
+	assert_int_equal(call_connected(f, 7, "c7", 1, answered), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
+	assert_int_equal(presence_agent_state_seq(a), seq);
+	assert_int_equal(f->nbm + f->ncm + f->nam, 0);
+	fx_free(f);
+}
+
+// Telephony reports the call answered at the agent's phone while the offer still rings: the
+// broker's confirmation connects it all the same, without a result from presence.
+static void test_connected_while_ringing(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 40, "t40", 1, 15000, 30);
+	offer(f, 41, "t41", 1, 15000, 30); // refused: one offer at a time
+	advance(f, 15 * SEC - 1);
+	clear(f);
+	assert_int_equal(call_connected(f, 40, "t40", 1, f->wall), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_int_equal(f->nbm, 0);
+	const cmsg *ev = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                             RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED);
+	assert_non_null(ev);
+	assert_int_equal(ev->offer_id, 40);
+	// The ring timer is gone with the offer, and the call's offer counts as answered.
+	advance(f, 10 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_int_equal(f->nbm, 0);
+	assert_int_equal(presence_agent_missed(a), 0);
+	assert_int_equal(presence_core_answer(f->c, a, 40, false), RB_ESTATE);
+	assert_int_equal(presence_core_answer(f->c, a, 40, true), 0);
+	assert_int_equal(f->nbm, 0);
+	// The refused offer of another call is not the agent's to be connected to.
+	assert_int_equal(call_connected(f, 41, "t41", 1, f->wall), 0);
+	assert_string_equal(presence_agent_call_id(a), "t40");
+	fx_free(f);
+}
+
+// OfferCancel or CallEnded while connecting: AVAILABLE again, no wrap-up, never shown connected.
+static void test_connecting_released(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = connecting_agent(f, 1, 10, "c10", 15000, 30);
+	uint32_t missed = presence_agent_missed(a);
+	Ringbid__OfferCancel oc = RINGBID__OFFER_CANCEL__INIT;
+	oc.offer_id = 9; // another offer: ignored
+	oc.agent_id = 1;
+	oc.call_id = "c10";
+	clear(f);
+	assert_int_equal(presence_core_offer_cancel(f->c, &oc), 0);
+	assert_true(presence_agent_connecting(a));
+	oc.offer_id = 10;
+	assert_int_equal(presence_core_offer_cancel(f->c, &oc), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_false(presence_agent_connecting(a));
+	assert_int_equal(presence_agent_missed(a), missed);
+	const cmsg *w = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                            RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN);
+	assert_non_null(w);
+	assert_int_equal(w->offer_id, 10);
+	assert_string_equal(w->call_id, "c10");
+	assert_string_equal(w->text, "call ended before it connected");
+	assert_int_equal(count_events(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED), 0);
+	assert_int_equal(count_events(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_ENDED), 0);
+	assert_int_equal(f->nbm, 0); // the broker withdrew it: no result
+	assert_true(last_update(f, 1)->available);
+	// Its CallEnded (the broker's answer to an ACCEPTED that crossed the cancel) and a late
+	// confirmation change nothing; no wrap-up timer runs.
+	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
+	ce.call_id = "c10";
+	ce.agent_id = 1;
+	ce.wrap_up_s = 30;
+	uint64_t seq = presence_agent_state_seq(a);
+	clear(f);
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(call_connected(f, 10, "c10", 1, f->wall), 0);
+	advance(f, 40 * SEC);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_agent_state_seq(a), seq);
+	assert_int_equal(f->nbm + f->ncm + f->nam, 0);
+	// The decline of the accepted offer is still refused; an accept is a plain success.
+	assert_int_equal(presence_core_answer(f->c, a, 10, false), RB_ESTATE);
+	assert_int_equal(presence_core_answer(f->c, a, 10, true), 0);
+	assert_int_equal(f->nbm, 0);
+
+	// CallEnded of the call being connected.
+	offer(f, 11, "c11", 1, 15000, 30);
+	assert_int_equal(presence_core_answer(f->c, a, 11, true), 0);
+	ce.call_id = "c10"; // another call: ignored
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_true(presence_agent_connecting(a));
+	ce.call_id = "c11";
+	clear(f);
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	w = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN);
+	assert_non_null(w);
+	assert_int_equal(w->offer_id, 11);
+	assert_string_equal(w->text, "call ended before it connected");
+	assert_int_equal(count_events(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED), 0);
+	assert_int_equal(count_events(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_ENDED), 0);
+	assert_int_equal(f->nbm, 0);
+	fx_free(f);
+}
+
+// CallSync while connecting: the accepted offer OFFERED is accepted again; CONNECTED confirms;
+// not listed at all releases the agent.
+static void test_connecting_sync(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a1 = connecting_agent(f, 1, 21, "s1", 15000, 30);
+	presence_agent *a2 = connecting_agent(f, 2, 22, "s2", 15000, 30);
+	presence_agent *a3 = connecting_agent(f, 3, 23, "s3", 15000, 30);
+	uint64_t accepted = presence_core_stats(f->c)->offers[0];
+	assert_int_equal(accepted, 3);
+	Ringbid__AgentCall e1, e2;
+	Ringbid__AgentCall *calls[] = {sync_entry(&e1, 1, "s1", 21), sync_entry(&e2, 2, "s2", 0)};
+	e2.answered_us = f->wall - 2 * SEC;
+	e2.wrap_up_s = 45;
+	clear(f);
+	assert_int_equal(sync_chunk(f, 4, true, true, calls, 2), 0);
+
+	// Agent 1: ACCEPTED again (not counted twice), still connecting, its client told nothing.
+	assert_true(presence_agent_connecting(a1));
+	assert_int_equal(f->nbm, 1);
+	assert_int_equal(f->bm[0].result, RINGBID__OFFER_RESULT_CODE__OFFER_ACCEPTED);
+	assert_int_equal(f->bm[0].offer_id, 21);
+	assert_int_equal(f->bm[0].agent_id, 1);
+	assert_string_equal(f->bm[0].call_id, "s1");
+	assert_int_equal(presence_core_stats(f->c)->offers[0], accepted);
+	for (size_t i = 0; i < f->ncm; i++)
+		assert_int_not_equal(f->cm[i].pipe, 11);
+
+	// Agent 2: confirmed by the CONNECTED entry.
+	assert_int_equal(presence_agent_state(a2), PRESENCE_ON_CALL);
+	const cmsg *ev = NULL;
+	for (size_t i = 0; i < f->ncm; i++)
+		if (f->cm[i].pipe == 21 && f->cm[i].body == RINGBID__AGENT_MSG__BODY_CALL_EVENT)
+			ev = &f->cm[i];
+	assert_non_null(ev);
+	assert_int_equal(ev->kind, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED);
+	assert_int_equal(ev->offer_id, 22);
+	assert_string_equal(ev->call_id, "s2");
+	// It keeps the offer it accepted: a decline of it is still refused.
+	assert_int_equal(presence_core_answer(f->c, a2, 22, false), RB_ESTATE);
+
+	// Agent 3, not listed: back to AVAILABLE, withdrawn, never shown connected.
+	assert_int_equal(presence_agent_state(a3), PRESENCE_AVAILABLE);
+	size_t n3 = 0;
+	for (size_t i = 0; i < f->ncm; i++) {
+		const cmsg *x = &f->cm[i];
+		if (x->pipe != 31 || x->body != RINGBID__AGENT_MSG__BODY_CALL_EVENT)
+			continue;
+		n3++;
+		assert_int_equal(x->kind, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN);
+		assert_int_equal(x->offer_id, 23);
+		assert_string_equal(x->text, "call no longer at the broker");
+	}
+	assert_int_equal(n3, 1);
+	assert_true(last_update(f, 3)->available);
+
+	// The broker connects agent 1 after the sync: confirmed as by a CallConnected.
+	clear(f);
+	assert_int_equal(call_connected(f, 21, "s1", 1, f->wall), 0);
+	assert_int_equal(presence_agent_state(a1), PRESENCE_ON_CALL);
+	assert_int_equal(count_events(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED), 1);
+	// Ended by the broker: wrap-up as the sync said (45 s).
+	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
+	ce.call_id = "s2";
+	ce.agent_id = 2;
+	ce.wrap_up_s = 45;
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(presence_agent_state(a2), PRESENCE_WRAP_UP);
+	advance(f, 44 * SEC);
+	assert_int_equal(presence_agent_state(a2), PRESENCE_WRAP_UP);
+	advance(f, 1 * SEC);
+	assert_int_equal(presence_agent_state(a2), PRESENCE_AVAILABLE);
+	fx_free(f);
+}
+
+// Heartbeat lost, connection closed or logout while connecting: no AGENT_LOST (ACCEPTED was
+// sent); the agent stays connecting and, confirmed, goes ON_CALL without its client.
+static void test_connecting_without_client(void **state)
+{
+	(void)state;
+	fx *f = fx_new_hb(2, 15000);
+	presence_agent *a = connecting_agent(f, 1, 31, "h1", 10000, 20);
+	clear(f);
+	advance(f, 15 * SEC); // silent for the heartbeat timeout
+	assert_false(presence_agent_live(a));
+	assert_true(presence_agent_connecting(a));
+	assert_int_equal(count_results(f, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST), 0);
+	assert_int_equal(f->nbm, 0);
+	assert_int_equal(count_events(f, RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN), 0);
+	assert_false(last_update(f, 1)->available);
+	// The confirmation puts it ON_CALL, like a connected call whose client is away.
+	assert_int_equal(call_connected(f, 31, "h1", 1, f->wall), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	assert_int_equal(f->nbm, 0);
+	// The client comes back on a new connection: it finds the call.
+	presence_core_touch(f->c, a, 44);
+	assert_int_equal(presence_agent_state(a), PRESENCE_ON_CALL);
+	Ringbid__AgentStatus st;
+	presence_core_status(f->c, a, &st);
+	assert_string_equal(st.call_id, "h1");
+	fx_free(f);
+
+	// The connection closes while connecting; the client resumes before the confirmation:
+	// the offer is not shown ringing again.
+	f = fx_new(2);
+	char token[RB_TOKEN_HEX];
+	a = login(f, 2, 21, token);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+	offer(f, 32, "h2", 2, 10000, 20);
+	assert_int_equal(presence_core_answer(f->c, a, 32, true), 0);
+	clear(f);
+	presence_core_pipe_closed(f->c, 21);
+	assert_true(presence_agent_connecting(a));
+	assert_int_equal(f->nbm, 0);
+	presence_agent *b = NULL;
+	assert_int_equal(presence_core_auth(f->c, token, &b), 0);
+	presence_core_touch(f->c, a, 23);
+	assert_true(presence_agent_connecting(a));
+	assert_null(find_client(f, RINGBID__AGENT_MSG__BODY_OFFER, 0));
+	presence_core_status(f->c, a, &st);
+	assert_int_equal(st.state, RINGBID__AGENT_STATE__AGENT_RESERVED);
+	assert_int_equal(st.offer_id, 32);
+	assert_int_equal(call_connected(f, 32, "h2", 2, f->wall), 0);
+	const cmsg *ev = find_client(f, RINGBID__AGENT_MSG__BODY_CALL_EVENT,
+	                             RINGBID__CALL_EVENT_KIND__CALL_EVENT_CONNECTED);
+	assert_non_null(ev);
+	assert_int_equal(ev->pipe, 23);
+	fx_free(f);
+
+	// Logged out while connecting, then released: OFFLINE, not AVAILABLE.
+	f = fx_new(2);
+	a = connecting_agent(f, 3, 33, "h3", 10000, 20);
+	presence_core_logout(f->c, a);
+	assert_true(presence_agent_connecting(a));
+	assert_int_equal(count_results(f, RINGBID__OFFER_RESULT_CODE__OFFER_AGENT_LOST), 0);
+	Ringbid__OfferCancel oc = RINGBID__OFFER_CANCEL__INIT;
+	oc.offer_id = 33;
+	oc.agent_id = 3;
+	assert_int_equal(presence_core_offer_cancel(f->c, &oc), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_OFFLINE);
+	fx_free(f);
+
+	// Presence stops: an accepted offer is not given back.
+	f = fx_new(2);
+	a = connecting_agent(f, 4, 34, "h4", 10000, 20);
+	clear(f);
+	assert_int_equal(presence_core_stop(f->c), 0);
+	assert_int_equal(f->nbm, 0);
+	assert_true(presence_agent_connecting(a));
 	fx_free(f);
 }
 
@@ -1856,6 +2296,11 @@ int main(void)
 	        cmocka_unit_test(test_sync_resends_hangup),
 	        cmocka_unit_test(test_sync_accepted_before_broker_restart),
 	        cmocka_unit_test(test_sync_in_chunks),
+	        cmocka_unit_test(test_connecting_until_confirmed),
+	        cmocka_unit_test(test_connected_while_ringing),
+	        cmocka_unit_test(test_connecting_released),
+	        cmocka_unit_test(test_connecting_sync),
+	        cmocka_unit_test(test_connecting_without_client),
 	        cmocka_unit_test(test_roster_changes),
 	        cmocka_unit_test(test_bulk_load_and_snapshot),
 	        cmocka_unit_test(test_scores_change_detection),

@@ -456,12 +456,14 @@ static void handle_session(presence_clients *cl, uint32_t pipe, const Ringbid__A
 		break;
 	case RINGBID__AGENT_MSG__BODY_ANSWER:
 		rv = presence_core_answer(core, a, m->answer->offer_id, m->answer->accept);
-		text = "no such offer for this agent";
+		text = rv == RB_ESTATE ? "the offer was accepted: it cannot be declined now"
+		                       : "no such offer for this agent";
 		break;
 	case RINGBID__AGENT_MSG__BODY_END_CALL:
 		rv = presence_core_end_call(core, a, m->end_call->call_id, m->end_call->sale,
 		                            m->end_call->resolved);
-		text = "no such call connected to this agent";
+		text = rv == RB_ESTATE ? "the call is not connected yet"
+		                       : "no such call connected to this agent";
 		break;
 	case RINGBID__AGENT_MSG__BODY_LOGOUT:
 		presence_core_logout(core, a);

@@ -133,6 +133,10 @@ static void broker_recv(rb_bus *bus, nng_msg *msg, void *arg)
 		rv = presence_core_call_ended(l->core, e->call_ended);
 		what = "call ended fields not valid";
 		break;
+	case RINGBID__ENVELOPE__BODY_CALL_CONNECTED:
+		rv = presence_core_call_connected(l->core, e->call_connected);
+		what = "call connected fields not valid";
+		break;
 	case RINGBID__ENVELOPE__BODY_CALL_SYNC:
 		rb_info("call sync from the broker: %zu calls at agents", e->call_sync->n_calls);
 		rv = presence_core_call_sync(l->core, e->call_sync);

@@ -191,6 +191,16 @@ static void on_ended(sim_agent *a, const char *call_id, uint64_t now)
 	a->ready_at_ms = now + draw_real_ms(a, s->opt.acw_mean_s);
 }
 
+// True when this agent accepted call_id and it has not connected yet: the broker is connecting
+// it, and its CALL_EVENT_CONNECTED starts the talk (a decline would only be refused).
+static bool accepted_here(const sim_agent *a, const char *call_id)
+{
+	int i = sim_call_lookup(a->sim, call_id);
+
+	return i >= 0 && a->sim->calls[i].accepted && a->sim->calls[i].agent == (int)a->index &&
+	       a->sim->calls[i].state != SIM_CALL_CONNECTED;
+}
+
 static void on_event(void *arg, const sim_session_event *ev)
 {
 	sim_agent *a = arg;
@@ -214,7 +224,10 @@ static void on_event(void *arg, const sim_session_event *ev)
 			// Still on the call this agent had already ended: that end-call went to a
 			// session that is gone (presence restarted). Say it again.
 			a->end_at_ms = now;
-		} else if (ev->state == RINGBID__AGENT_STATE__AGENT_RESERVED && ev->offer_id) {
+		} else if (ev->state == RINGBID__AGENT_STATE__AGENT_RESERVED && ev->offer_id &&
+		           !accepted_here(a, ev->call_id)) {
+			// An offer made while the link was down: its details went with the old
+			// link, so the agent passes it on.
 			sim_session_answer(&a->sess, ev->offer_id, false, now);
 		}
 		break;
@@ -225,6 +238,8 @@ static void on_event(void *arg, const sim_session_event *ev)
 		on_offer(a, ev, now);
 		break;
 	case SIM_SEV_CONNECTED:
+		// Only now is the call the agent's: its talk time runs from here, not from the
+		// accept (the broker confirms the connection once it is on its disk).
 		take_call(a, ev->call_id, now);
 		if (!running(s))
 			a->end_at_ms = now; // the run is closing: no long talks any more

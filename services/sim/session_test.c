@@ -299,6 +299,54 @@ static void test_offer_call_and_end(void **state)
 	assert_string_equal(last_ev(f)->call_id, "c-2");
 }
 
+static int count_kind(const fixture *f, sim_session_event_kind kind)
+{
+	int n = 0;
+	for (int i = 0; i < f->nev && i < 64; i++)
+		n += f->ev[i].kind == kind;
+	return n;
+}
+
+// An accepted offer is not a call: the call starts with presence's CALL_EVENT_CONNECTED, and one
+// that ends before it connects comes back as withdrawn.
+static void test_accepted_connects_only_on_event(void **state)
+{
+	fixture *f = *state;
+	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
+	Ringbid__OfferEvent o = RINGBID__OFFER_EVENT__INIT;
+	Ringbid__CallEvent ce = RINGBID__CALL_EVENT__INIT;
+
+	login(f);
+	o.offer_id = 21;
+	o.call_id = "c-21";
+	m.body_case = RINGBID__AGENT_MSG__BODY_OFFER;
+	m.offer = &o;
+	sim_session_on_msg(&f->s, &m, 1);
+	assert_int_equal(sim_session_answer(&f->s, 21, true, 2), 0);
+	reply_status(f, last(f)->seq, RINGBID__AGENT_STATE__AGENT_RESERVED, NULL, 3);
+	assert_int_equal(count_kind(f, SIM_SEV_CONNECTED), 0);
+	assert_false(sim_session_busy(&f->s, RINGBID__AGENT_MSG__BODY_ANSWER));
+	// A decline after the accept is refused by presence: reported, nothing else.
+	assert_int_equal(sim_session_answer(&f->s, 21, false, 4), 0);
+	reply_error(f, last(f)->seq, RB_ESTATE, 5);
+	assert_int_equal(last_ev(f)->kind, SIM_SEV_FAILED);
+	assert_int_equal(last_ev(f)->code, RB_ESTATE);
+	assert_int_equal(last_ev(f)->req_kind, RINGBID__AGENT_MSG__BODY_ANSWER);
+	// The caller hung up before the call connected.
+	ce.kind = RINGBID__CALL_EVENT_KIND__CALL_EVENT_OFFER_WITHDRAWN;
+	ce.call_id = "c-21";
+	ce.offer_id = 21;
+	ce.reason = "call ended before it connected";
+	m.body_case = RINGBID__AGENT_MSG__BODY_CALL_EVENT;
+	m.call_event = &ce;
+	sim_session_on_msg(&f->s, &m, 6);
+	assert_int_equal(last_ev(f)->kind, SIM_SEV_WITHDRAWN);
+	assert_int_equal(last_ev(f)->offer_id, 21);
+	assert_string_equal(last_ev(f)->call_id, "c-21");
+	assert_int_equal(count_kind(f, SIM_SEV_CONNECTED), 0);
+	assert_int_equal(count_kind(f, SIM_SEV_ENDED), 0);
+}
+
 static void test_expired_session_logs_in_again(void **state)
 {
 	fixture *f = *state;
@@ -359,6 +407,7 @@ int main(void)
 	        cmocka_unit_test_setup(test_resend_then_give_up, setup),
 	        cmocka_unit_test_setup(test_slow_login_keeps_waiting, setup),
 	        cmocka_unit_test_setup(test_offer_call_and_end, setup),
+	        cmocka_unit_test_setup(test_accepted_connects_only_on_event, setup),
 	        cmocka_unit_test_setup(test_expired_session_logs_in_again, setup),
 	        cmocka_unit_test_setup(test_link_loss_resumes_and_logout, setup),
 	        cmocka_unit_test_setup(test_garbage_is_ignored, setup),

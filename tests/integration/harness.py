@@ -274,6 +274,20 @@ class AgentProc:
         except (BrokenPipeError, ValueError) as e:
             raise TestFailure("agent %d: cannot send %r: %s" % (self.agent_id, cmd, e))
 
+    def accept(self, call_id, timeout=10.0):
+        """Accepts the offer of call_id ringing now and returns its `call_connected` event.
+
+        `accepted` only says presence took the answer: the agent is connecting until the broker
+        confirms the connection, and only then is the call the agent's (talk time, `end`)."""
+        after = self.mark()
+        self.send("accept")
+        acc = self.wait_event("accepted", lambda e: e.get("call_id") == call_id, timeout, after)
+        con = self.wait_event("call_connected", lambda e: e.get("call_id") == call_id, timeout,
+                              after)
+        expect(acc["_i"] < con["_i"], "agent %d: call %s connected before its accept was "
+               "answered: %s", self.agent_id, call_id, self.summary(after))
+        return con
+
     def kill(self, sig=signal.SIGKILL):
         if self.proc.poll() is None:
             try:

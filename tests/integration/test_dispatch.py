@@ -290,10 +290,13 @@ def test_agent_killed_while_ringing(st):
 
 
 def check_one_call_at_a_time(a):
-    """From one agent's events: never offered or connected while it holds another call or
-    another offer is still ringing at it."""
-    busy = None      # connected call
-    ringing = None   # offered call not yet answered, declined or withdrawn
+    """From one agent's events: never offered or connected while it holds another call, while
+    another offer is still ringing at it or while an accepted call is connecting; and an offered
+    call is shown connected only after the agent accepted it."""
+    busy = None        # connected call
+    ringing = None     # offered call not yet answered, declined or withdrawn
+    connecting = None  # accepted call the broker has not confirmed yet
+    offered = set()
     state = None
     for e in a.find_all():
         kind, cid = e.get("event"), e.get("call_id")
@@ -303,14 +306,24 @@ def check_one_call_at_a_time(a):
             expect(busy is None, "agent %d offered %s while holding %s", a.agent_id, cid, busy)
             expect(ringing is None or ringing == cid, "agent %d offered %s while %s rang",
                    a.agent_id, cid, ringing)
+            expect(connecting is None, "agent %d offered %s while %s was connecting",
+                   a.agent_id, cid, connecting)
             expect(state != "ON_CALL", "agent %d offered %s while ON_CALL", a.agent_id, cid)
             ringing = cid
-        elif kind in ("accepted", "declined", "offer_withdrawn"):
+            offered.add(cid)
+        elif kind == "accepted":
+            ringing, connecting = None, cid
+        elif kind in ("declined", "offer_withdrawn"):
             ringing = None
+            if connecting == cid:
+                connecting = None  # ended before it connected: never shown connected
         elif kind == "call_connected":
             expect(busy is None or busy == cid, "agent %d connected to %s while holding %s",
                    a.agent_id, cid, busy)
-            busy, ringing = cid, None
+            expect(cid not in offered or connecting == cid,
+                   "agent %d shown %s connected without an accept waiting for it",
+                   a.agent_id, cid)
+            busy, ringing, connecting = cid, None, None
         elif kind == "call_ended":
             busy = None
 

@@ -17,8 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (HTTP_PORT, PORT_PRESENCE_AGENTS, PROBE, RB_EAUTH, RB_EFORBIDDEN,  # noqa: E402
-                     RB_ENOTFOUND, RB_ESLOWDOWN, ROOT, SERVICES, TestFailure, expect, expect_eq,
-                     run_tests, wait_until)
+                     RB_ENOTFOUND, RB_ESLOWDOWN, RB_ESTATE, ROOT, SERVICES, TestFailure, expect,
+                     expect_eq, run_tests, wait_until)
 
 RIGHT = "s3cret-pass"     # the secret every agent of this file is added with
 AGENT_LIMIT = 64 * 1024   # the agent link's message limit (docs/delivery.md)
@@ -189,9 +189,8 @@ def test_foreign_offer_and_call(st):
               ("offered", 8102, 1), "the call after A's answers (state, agent, offers)")
     expect(not b.find("offer_withdrawn"), "B's offer was withdrawn: %s", b.summary())
 
-    # B's offer still stands: B accepts it.
-    b.send("accept")
-    b.wait_event("call_connected", lambda e: e.get("call_id") == cid, 10)
+    # B's offer still stands: B accepts it, and the broker connects it.
+    b.accept(cid)
     wait_until(lambda: st.call_info(cid).get("state") == "connected", 10, "call connected")
     expect_eq(int(st.call_info(cid).get("agent_id") or 0), 8102, "agent of the connected call")
 
@@ -220,6 +219,52 @@ def test_foreign_offer_and_call(st):
 
 
 # -- tokens ---------------------------------------------------------------------------------------
+
+def test_accepted_offer_waits_for_the_broker(st):
+    """An accept is answered RESERVED: the agent is connecting, and its client hears the call
+    connected only from the CALL_EVENT_CONNECTED the broker's confirmation brings, after that
+    answer. Once accepted, an offer cannot be declined, before or after it connects."""
+    setup_program(st, "confirm", (8121,), ring_timeout=20, wrap_up=0)
+    p = probe(st)
+    status_ok(p.login(8121), "login", "NOT_READY")
+    status_ok(p.step("set_state", state="AVAILABLE"), "ready", "AVAILABLE")
+    st.wait_agent_count("AVAILABLE", 1)
+
+    cid = st.unique("confirm")
+    call = st.place_call("confirm", background=True, id=cid, talk=30)
+    got = p.step("wait", event="offer", call_id=cid, timeout_ms=15000)
+    expect(got.get("found"), "no offer of %s reached the agent: %s", cid, p.events())
+    oid = int(got["event"]["offer_id"])
+
+    acc = status_ok(p.step("answer", offer_id=oid, accept=True), "the accept", "RESERVED")
+    expect_eq((acc.get("offer_id"), acc.get("call_id")), (oid, cid),
+              "the accept's answer (offer, call)")
+    refused(p.step("answer", offer_id=oid, accept=False), RB_ESTATE,
+            "declining the accepted offer")
+    got = p.step("wait", event="call_event", kind="connected", call_id=cid, timeout_ms=10000)
+    expect(got.get("found"), "the call never showed connected: %s", p.events())
+    expect_eq(got["event"].get("offer_id"), oid, "offer of the connected event")
+    with p._cond:
+        lines = list(p.lines)
+    at_accept = next(i for i, o in enumerate(lines) if o.get("step") == acc.get("step"))
+    shown = [i for i, o in enumerate(lines) if o.get("event") == "call_event"
+             and o.get("kind") == "connected" and o.get("call_id") == cid]
+    expect_eq(len(shown), 1, "connected events of %s" % cid)
+    expect(shown[0] > at_accept, "the call showed connected before the accept was answered: %s",
+           lines[-10:])
+    info = st.call_info(cid)
+    expect_eq((info.get("state"), int(info.get("agent_id") or 0)), ("connected", 8121),
+              "the call once shown connected")
+
+    status_ok(p.step("heartbeat"), "the agent once connected", "ON_CALL")
+    refused(p.step("answer", offer_id=oid, accept=False), RB_ESTATE,
+            "declining the offer of the connected call")
+    status_ok(p.step("answer", offer_id=oid, accept=True), "accepting it again", "ON_CALL")
+    status_ok(p.step("end_call", call_id=cid), "ending the call", "AVAILABLE")
+    res = call.result(30)
+    expect_eq((res.get("disposition"), int(res.get("agent_id") or 0)), ("completed", 8121),
+              "the call's outcome")
+
 
 def test_forged_foreign_and_replayed_tokens(st):
     setup_program(st, "tokens", (8201, 8202))
