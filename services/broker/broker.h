@@ -69,9 +69,12 @@ typedef struct broker {
 	// Offer ids below this are covered by a reservation known to be on disk: an Offer with
 	// one may leave before its own record is durable (0 after a start, until one is).
 	uint64_t offer_id_durable;
-	// Messages to presence waiting for the journal (broker_send's and links.c's copies): an
-	// Offer queues behind them rather than overtake them.
+	// Messages to presence waiting for the journal (broker_send's and links.c's copies), all
+	// of them, those about each agent, and the CallSync chunks: an Offer queues behind a
+	// held message about its agent, or a held CallSync, rather than overtake it.
 	uint32_t presence_gated;
+	uint32_t presence_gated_syncs;
+	struct broker_held *held; // per agent (core.c)
 	bool started;
 	bool stopping;
 	bool journal_ok;
@@ -108,6 +111,12 @@ void broker_send(broker *b, broker_link link, Ringbid__Envelope *env);
 // Sends env (token added) on link now, ahead of the journal: for answers that change nothing,
 // and for what may safely outrun the disk (Enqueue, Dequeue, the Offer; docs/delivery.md).
 void broker_send_now(broker *b, broker_link link, Ringbid__Envelope *env);
+// Counts a message to presence held for the journal (delta +1) or released (-1): about
+// agent_id (0: none), or a CallSync chunk (sync).
+void broker_presence_hold(broker *b, uint64_t agent_id, bool sync, int delta);
+// How many held messages an Offer to agent_id must not overtake: those about the agent and
+// every CallSync chunk.
+uint32_t broker_presence_held(const broker *b, uint64_t agent_id);
 void broker_send_enqueue(broker *b, const broker_call *c);
 void broker_send_dequeue(broker *b, const char *call_id, uint64_t release_agent);
 void broker_send_call_ended(broker *b, const char *call_id, const char *program, uint64_t agent_id);

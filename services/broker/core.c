@@ -24,7 +24,81 @@ typedef struct gated {
 	broker *b;
 	broker_link link;
 	nng_msg *msg;
+	uint64_t agent_id; // presence: the agent the message is about (0: none)
+	bool sync;         // presence: a CallSync chunk
 } gated;
+
+// Held messages to presence about one agent.
+struct broker_held {
+	uint64_t agent_id;
+	uint32_t count;
+	UT_hash_handle hh;
+};
+
+void broker_presence_hold(broker *b, uint64_t agent_id, bool sync, int delta)
+{
+	if (delta > 0) {
+		b->presence_gated++;
+	} else if (b->presence_gated > 0) {
+		b->presence_gated--;
+	}
+	if (sync) {
+		if (delta > 0)
+			b->presence_gated_syncs++;
+		else if (b->presence_gated_syncs > 0)
+			b->presence_gated_syncs--;
+	}
+	if (agent_id == 0)
+		return;
+	struct broker_held *h = NULL;
+	HASH_FIND(hh, b->held, &agent_id, sizeof(agent_id), h);
+	if (delta > 0) {
+		if (h == NULL) {
+			h = calloc(1, sizeof(*h));
+			if (h == NULL) {
+				// Uncounted, an Offer to this agent may overtake the held message:
+				// presence then refuses it and the call goes back in line.
+				rb_logf(RB_LOG_ERROR, NULL, agent_id,
+				        "out of memory for a held message");
+				return;
+			}
+			h->agent_id = agent_id;
+			HASH_ADD(hh, b->held, agent_id, sizeof(h->agent_id), h);
+		}
+		h->count++;
+	} else if (h != NULL && --h->count == 0) {
+		HASH_DEL(b->held, h);
+		free(h);
+	}
+}
+
+uint32_t broker_presence_held(const broker *b, uint64_t agent_id)
+{
+	struct broker_held *h = NULL;
+	HASH_FIND(hh, b->held, &agent_id, sizeof(agent_id), h);
+	return b->presence_gated_syncs + (h != NULL ? h->count : 0);
+}
+
+// The agent a message to presence is about, and whether it is a CallSync chunk.
+static uint64_t envelope_agent(const Ringbid__Envelope *env, bool *sync)
+{
+	*sync = false;
+	switch (env->body_case) {
+	case RINGBID__ENVELOPE__BODY_OFFER:
+		return env->offer->agent_id;
+	case RINGBID__ENVELOPE__BODY_OFFER_CANCEL:
+		return env->offer_cancel->agent_id;
+	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
+		return env->call_ended->agent_id;
+	case RINGBID__ENVELOPE__BODY_CALL_CONNECTED:
+		return env->call_connected->agent_id;
+	case RINGBID__ENVELOPE__BODY_CALL_SYNC:
+		*sync = true;
+		return 0;
+	default:
+		return 0;
+	}
+}
 
 static rb_bus *link_bus(broker *b, broker_link link)
 {
@@ -245,8 +319,8 @@ int broker_offer_id(broker *b, uint64_t *out)
 static void gated_done(int err, void *arg)
 {
 	gated *g = arg;
-	if (g->link == BROKER_LINK_PRESENCE && g->b->presence_gated > 0)
-		g->b->presence_gated--;
+	if (g->link == BROKER_LINK_PRESENCE)
+		broker_presence_hold(g->b, g->agent_id, g->sync, -1);
 	rb_bus *bus = NULL;
 	if (err == 0)
 		bus = g->link == BROKER_LINK_PRESENCE ? broker_presence_bus(g->b, g->msg)
@@ -287,13 +361,16 @@ void broker_send(broker *b, broker_link link, Ringbid__Envelope *env)
 	g->b = b;
 	g->link = link;
 	g->msg = msg;
+	g->agent_id = link == BROKER_LINK_PRESENCE ? envelope_agent(env, &g->sync) : 0;
+	if (link != BROKER_LINK_PRESENCE)
+		g->sync = false;
 	if (broker_journal_after(b->journal, gated_done, g) != 0) {
 		nng_msg_free(msg);
 		free(g);
 		return;
 	}
 	if (link == BROKER_LINK_PRESENCE)
-		b->presence_gated++;
+		broker_presence_hold(b, g->agent_id, g->sync, +1);
 }
 
 void broker_send_now(broker *b, broker_link link, Ringbid__Envelope *env)
@@ -392,10 +469,11 @@ static void send_offer(broker *b, const broker_call *c)
 	env.offer = &of;
 	// The Offer does not wait for its record's fdatasync: presence shows an accepted offer
 	// connected only on the broker's CallConnected, which does (docs/delivery.md). It waits
-	// all the same behind a message to presence that is still held, so that presence hears
-	// of calls in the order the broker decided, and when its id is not yet covered by a
-	// durable reservation, so that no restart can hand the id out again.
-	if (b->presence_gated > 0 || c->offer_id >= b->offer_id_durable)
+	// all the same behind a held message about its agent or a held CallSync, so that
+	// presence hears of each agent's calls in the order the broker decided (messages about
+	// other agents it may overtake: their order is not this agent's), and when its id is not
+	// yet covered by a durable reservation, so that no restart can hand the id out again.
+	if (broker_presence_held(b, c->agent_id) > 0 || c->offer_id >= b->offer_id_durable)
 		broker_send(b, BROKER_LINK_PRESENCE, &env);
 	else
 		broker_send_now(b, BROKER_LINK_PRESENCE, &env);
@@ -892,6 +970,12 @@ void broker_stop(broker *b)
 
 void broker_fini(broker *b)
 {
+	struct broker_held *h, *htmp;
+	HASH_ITER(hh, b->held, h, htmp)
+	{
+		HASH_DEL(b->held, h);
+		free(h);
+	}
 	broker_presence_fini();
 	broker_book_fini(&b->book);
 	broker_outbox_fini(&b->outbox);

@@ -425,13 +425,14 @@ static const char *body_name(Ringbid__Envelope__BodyCase body)
 typedef struct presence_gated {
 	broker *b;
 	nng_msg *msg;
+	uint64_t agent_id; // what broker_presence_hold counted
+	bool sync;
 } presence_gated;
 
 static void presence_gated_done(int err, void *arg)
 {
 	presence_gated *g = arg;
-	if (g->b->presence_gated > 0)
-		g->b->presence_gated--;
+	broker_presence_hold(g->b, g->agent_id, g->sync, -1);
 	rb_bus *bus = err == 0 ? broker_presence_bus(g->b, g->msg) : NULL;
 	if (bus != NULL)
 		rb_bus_send(bus, g->msg);
@@ -440,7 +441,9 @@ static void presence_gated_done(int err, void *arg)
 	free(g);
 }
 
-static void send_to_pipe(broker *b, nng_msg *msg, uint32_t pipe, bool gated)
+// agent_id and sync: what the message is about, for broker_presence_hold.
+static void send_to_pipe(broker *b, nng_msg *msg, uint32_t pipe, bool gated, uint64_t agent_id,
+                         bool sync)
 {
 	nng_pipe p = NNG_PIPE_INITIALIZER;
 	p.id = pipe;
@@ -460,13 +463,15 @@ static void send_to_pipe(broker *b, nng_msg *msg, uint32_t pipe, bool gated)
 	}
 	g->b = b;
 	g->msg = msg;
-	// Counted so that an Offer made meanwhile waits behind it (core.c, the Offer).
+	g->agent_id = agent_id;
+	g->sync = sync;
+	// Counted so that an Offer to the agent made meanwhile waits behind it (core.c).
 	if (broker_journal_after(b->journal, presence_gated_done, g) != 0) {
 		nng_msg_free(msg);
 		free(g);
 		return;
 	}
-	b->presence_gated++;
+	broker_presence_hold(b, agent_id, sync, +1);
 }
 
 int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg, bool gated)
@@ -533,7 +538,7 @@ int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg,
 			rb_logf(RB_LOG_ERROR, NULL, agent_id, "presence link: out of memory");
 			continue;
 		}
-		send_to_pipe(b, copy, pipes[i], gated);
+		send_to_pipe(b, copy, pipes[i], gated, agent_id, false);
 	}
 	nng_pipe p = NNG_PIPE_INITIALIZER;
 	p.id = pipes[0];
@@ -646,7 +651,7 @@ static int send_sync_chunk(const Ringbid__CallSync *cs, void *arg)
 	int rc = rb_pb_pack(&env.base, RB_PB_MAX_SERVICE, &msg);
 	if (rc != 0)
 		return rc;
-	send_to_pipe(s->b, msg, s->pipe, true);
+	send_to_pipe(s->b, msg, s->pipe, true, 0, true);
 	return 0;
 }
 
