@@ -82,6 +82,11 @@ typedef struct broker {
 	int npolls;
 	uv_timer_t stop_timer;
 	bool stop_timer_init;
+	// Calls to enqueue again shortly (broker_requeue_soon), by id: a call may end meanwhile.
+	uv_timer_t requeue_timer;
+	bool requeue_timer_init;
+	char (*requeue)[BROKER_ID_MAX + 1];
+	size_t nrequeue, caprequeue;
 	bool drained; // stopping: the journal has everything
 	bool closed;
 	char journal_path[PATH_MAX];
@@ -117,6 +122,11 @@ void broker_presence_hold(broker *b, uint64_t agent_id, bool sync, int delta);
 // How many held messages an Offer to agent_id must not overtake: those about the agent and
 // every CallSync chunk.
 uint32_t broker_presence_held(const broker *b, uint64_t agent_id);
+// Enqueues c again in BROKER_REQUEUE_SOON_MS if it is still waiting then: for a call whose
+// match was released because the broker still had the agent on its last call, so that a
+// disagreement that lasts (a hang-up still on its way) is paced without leaving the caller
+// to the janitor's next round, a second away.
+void broker_requeue_soon(broker *b, const broker_call *c);
 void broker_send_enqueue(broker *b, const broker_call *c);
 void broker_send_dequeue(broker *b, const char *call_id, uint64_t release_agent);
 void broker_send_call_ended(broker *b, const char *call_id, const char *program, uint64_t agent_id);

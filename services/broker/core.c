@@ -783,6 +783,47 @@ int broker_change(broker *b, broker_call *c, broker_event_kind kind, uint64_t ag
 	return 0;
 }
 
+// --- enqueue again, soon ------------------------------------------------------------------
+
+#define BROKER_REQUEUE_SOON_MS  50
+#define BROKER_REQUEUE_SOON_MAX 65536 // beyond this the janitor's round takes the rest
+
+static void requeue_due(uv_timer_t *h)
+{
+	broker *b = h->data;
+	size_t n = b->nrequeue;
+	b->nrequeue = 0;
+	for (size_t i = 0; i < n && !b->stopping; i++) {
+		broker_call *c = broker_book_find(&b->book, b->requeue[i]);
+		if (c != NULL && c->state == BROKER_CALL_QUEUED)
+			broker_send_enqueue(b, c);
+	}
+}
+
+void broker_requeue_soon(broker *b, const broker_call *c)
+{
+	if (b->stopping)
+		return;
+	if (!b->requeue_timer_init) {
+		uv_timer_init(&b->svc.loop, &b->requeue_timer);
+		b->requeue_timer.data = b;
+		b->requeue_timer_init = true;
+	}
+	if (b->nrequeue == b->caprequeue) {
+		size_t cap = b->caprequeue ? b->caprequeue * 2 : 64;
+		void *grown = cap <= BROKER_REQUEUE_SOON_MAX
+		                      ? realloc(b->requeue, cap * sizeof(*b->requeue))
+		                      : NULL;
+		if (grown == NULL)
+			return; // the janitor enqueues it within a second
+		b->requeue = grown;
+		b->caprequeue = cap;
+	}
+	memcpy(b->requeue[b->nrequeue++], c->id, sizeof(c->id));
+	if (!uv_is_active((uv_handle_t *)&b->requeue_timer))
+		uv_timer_start(&b->requeue_timer, requeue_due, BROKER_REQUEUE_SOON_MS, 0);
+}
+
 // --- status, readiness, janitor -----------------------------------------------------------
 
 void broker_kpi_snapshot(broker *b, broker_kpi_now *now)
@@ -881,6 +922,10 @@ void broker_close(broker *b)
 		uv_close((uv_handle_t *)&b->stop_timer, stop_timer_closed);
 		b->stop_timer_init = false;
 	}
+	if (b->requeue_timer_init) {
+		uv_close((uv_handle_t *)&b->requeue_timer, stop_timer_closed);
+		b->requeue_timer_init = false;
+	}
 	rb_svc_close_handles(&b->svc);
 }
 
@@ -976,6 +1021,9 @@ void broker_fini(broker *b)
 		HASH_DEL(b->held, h);
 		free(h);
 	}
+	free(b->requeue);
+	b->requeue = NULL;
+	b->nrequeue = b->caprequeue = 0;
 	broker_presence_fini();
 	broker_book_fini(&b->book);
 	broker_outbox_fini(&b->outbox);

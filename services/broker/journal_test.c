@@ -18,6 +18,7 @@
 #include "presence_link.h"
 #include "rb_err.h"
 #include "rb_log.h"
+#include "rb_pb.h"
 #include "rb_time.h"
 
 static uv_loop_t loop;
@@ -844,6 +845,91 @@ static void test_presence_gate(void **state)
 	free_broker(b);
 }
 
+// What the auction's side of the link heard: the call ids of the Enqueues.
+typedef struct heard {
+	char ids[8][BROKER_ID_MAX + 1];
+	int n;
+	bool got;
+} heard;
+
+static void auction_heard(rb_bus *bus, nng_msg *msg, void *arg)
+{
+	(void)bus;
+	heard *h = arg;
+	Ringbid__Envelope *env = NULL;
+	assert_int_equal(rb_pb_unpack_msg(&ringbid__envelope__descriptor, msg, 65536,
+	                                  (ProtobufCMessage **)&env),
+	                 0);
+	nng_msg_free(msg);
+	if (env->body_case == RINGBID__ENVELOPE__BODY_ENQUEUE && h->n < 8) {
+		snprintf(h->ids[h->n++], sizeof(h->ids[0]), "%s", env->enqueue->call_id);
+		h->got = true;
+	}
+	rb_pb_free(&env->base);
+}
+
+static void peer_up(rb_bus *bus, nng_pipe pipe, bool added, void *arg)
+{
+	(void)bus;
+	(void)pipe;
+	if (added)
+		*(bool *)arg = true;
+}
+
+// A call released by a repeated bounce is enqueued again shortly, once, if it still waits
+// then; one that ended meanwhile is not.
+static void test_requeue_soon(void **state)
+{
+	(void)state;
+	broker_journal_replay st;
+	broker *b = open_broker(&st);
+	rb_bus_opts opts = {.recv_max = 65536, .name = "test-auction"};
+	rb_bus *peer = NULL;
+	heard h = {0};
+	bool up = false;
+	assert_int_equal(rb_bus_new(&loop, RB_BUS_PAIR, &opts, &b->auction), 0);
+	rb_bus_on_pipe(b->auction, peer_up, &up);
+	assert_int_equal(rb_bus_listen(b->auction, "inproc://requeue-soon"), 0);
+	assert_int_equal(rb_bus_new(&loop, RB_BUS_PAIR, &opts, &peer), 0);
+	rb_bus_on_recv(peer, auction_heard, &h);
+	assert_int_equal(rb_bus_dial(peer, "inproc://requeue-soon"), 0);
+	run_until(&up);
+
+	// Each arrival is enqueued at once.
+	broker_call *waiting = arrive(b, "rq-wait");
+	run_until(&h.got);
+	broker_call *gone = arrive(b, "rq-gone");
+	h.got = false;
+	run_until(&h.got);
+	assert_int_equal(h.n, 2);
+	memset(&h, 0, sizeof(h));
+	// The broker's timers run on its service loop (the buses here on the test's).
+	assert_int_equal(uv_loop_init(&b->svc.loop), 0);
+	broker_requeue_soon(b, waiting);
+	broker_requeue_soon(b, gone);
+	assert_int_equal(broker_change(b, gone, BROKER_EV_HANGUP, 0, 0, NULL), 0);
+	assert_int_equal(b->nrequeue, 2);
+	assert_true(uv_is_active((uv_handle_t *)&b->requeue_timer));
+	uint64_t t0 = rb_mono_us();
+	uv_run(&b->svc.loop, UV_RUN_ONCE); // the timer, 50 ms on
+	assert_true(rb_mono_us() - t0 >= 40000);
+	assert_int_equal(h.n, 0); // not before the loop sends it
+	run_until(&h.got);
+	assert_int_equal(h.n, 1);
+	assert_string_equal(h.ids[0], "rq-wait");
+	assert_int_equal(b->nrequeue, 0);
+	assert_false(uv_is_active((uv_handle_t *)&b->requeue_timer));
+
+	rb_bus_free(peer);
+	rb_bus_free(b->auction);
+	b->auction = NULL;
+	uv_close((uv_handle_t *)&b->requeue_timer, NULL);
+	b->requeue_timer_init = false;
+	uv_run(&b->svc.loop, UV_RUN_DEFAULT); // the timer's close, before its broker is freed
+	assert_int_equal(uv_loop_close(&b->svc.loop), 0);
+	free_broker(b);
+}
+
 int main(void)
 {
 	// The expected failures still show; the call-by-call info lines do not.
@@ -862,6 +948,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_offer_ids_reserved_ahead, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_start_reserves_offer_ids, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_presence_gate, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_requeue_soon, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -116,13 +116,15 @@ static void on_match(broker *b, const Ringbid__Match *m)
 	}
 	broker_call *holder = broker_book_agent_call(&b->book, m->agent_id);
 	// In both cases below the call is still waiting: release the agent and put the call
-	// straight back in line, rather than leave it for the janitor's re-enqueue a second later.
+	// back in line at once (or, for a repeated bounce, soon), rather than leave it for the
+	// janitor's re-enqueue a second later.
 	if (holder != NULL) {
 		// Usually a race, not a fault: the agent's hang-up of its last call is still on
 		// its way from presence while the auction already saw the agent free again.
-		// Should the two sides disagree for longer (a lost hang-up), re-enqueueing at once
-		// would bounce the call between broker and auction; within 100 ms of the last
-		// bounce, the janitor's re-enqueue paces it instead.
+		// Should the two sides disagree for longer (a busy broker still has the hang-up
+		// in its queue, or it was lost), re-enqueueing at once would bounce the call
+		// between broker and auction; within 100 ms of the last bounce the call is
+		// enqueued again 50 ms later instead, by when the hang-up has usually been read.
 		uint64_t now = rb_mono_us();
 		bool bounce =
 		        c->busy_release_mono_us != 0 && now - c->busy_release_mono_us < 100000;
@@ -132,6 +134,8 @@ static void on_match(broker *b, const Ringbid__Match *m)
 		broker_send_dequeue(b, id, m->agent_id);
 		if (!bounce)
 			broker_send_enqueue(b, c);
+		else
+			broker_requeue_soon(b, c);
 		return;
 	}
 	if (broker_call_excluded(c, m->agent_id)) {
