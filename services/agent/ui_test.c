@@ -365,6 +365,19 @@ static uint64_t zero_clock(void *arg)
 	return 0;
 }
 
+// A client for agent 42 whose messages go nowhere, on a clock that stands still.
+static void client_fixture(agent_client *c, int *finished)
+{
+	agent_client_config cfg = {.agent_id = 42, .secret = "s", .heartbeat_ms = 1000};
+	agent_client_ops ops = {.send = nop_send,
+	                        .event = nop_event,
+	                        .finish = nop_finish,
+	                        .mono_ms = zero_clock,
+	                        .wall_us = zero_clock,
+	                        .arg = finished};
+	assert_int_equal(agent_client_init(c, &cfg, &ops), 0);
+}
+
 static void test_commands_run(void **state)
 {
 	char *buf = NULL;
@@ -373,17 +386,10 @@ static void test_commands_run(void **state)
 	agent_ui ui;
 	agent_client c;
 	int finished = 0;
-	agent_client_config cfg = {.agent_id = 42, .secret = "s", .heartbeat_ms = 1000};
-	agent_client_ops ops = {.send = nop_send,
-	                        .event = nop_event,
-	                        .finish = nop_finish,
-	                        .mono_ms = zero_clock,
-	                        .wall_us = zero_clock,
-	                        .arg = &finished};
 	(void)state;
 
 	assert_non_null(out);
-	assert_int_equal(agent_client_init(&c, &cfg, &ops), 0);
+	client_fixture(&c, &finished);
 	agent_ui_init(&ui, AGENT_UI_JSON, 42, AGENT_OFFERS_ASK, out);
 	assert_int_equal(agent_ui_command(&ui, &c, "y"), RB_ENOTFOUND);
 	assert_int_equal(agent_ui_command(&ui, &c, "end"), RB_ENOTFOUND);
@@ -447,17 +453,10 @@ static void test_commands_while_connecting(void **state)
 	agent_ui ui;
 	agent_client c;
 	int finished = 0;
-	agent_client_config cfg = {.agent_id = 42, .secret = "s", .heartbeat_ms = 1000};
-	agent_client_ops ops = {.send = nop_send,
-	                        .event = nop_event,
-	                        .finish = nop_finish,
-	                        .mono_ms = zero_clock,
-	                        .wall_us = zero_clock,
-	                        .arg = &finished};
 	(void)state;
 
 	assert_non_null(out);
-	assert_int_equal(agent_client_init(&c, &cfg, &ops), 0);
+	client_fixture(&c, &finished);
 	agent_ui_init(&ui, AGENT_UI_HUMAN, 42, AGENT_OFFERS_ASK, out);
 	agent_client_link(&c, true); // Login, seq 1
 	Ringbid__AgentStatus st = RINGBID__AGENT_STATUS__INIT;

@@ -257,26 +257,32 @@ static void test_slow_login_keeps_waiting(void **state)
 	assert_true(last(f)->seq > seq);
 }
 
+// Presence pushes an offer to the session at time t.
+static void push_offer(fixture *f, uint64_t offer_id, const char *call_id, uint64_t t)
+{
+	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
+	Ringbid__OfferEvent o = RINGBID__OFFER_EVENT__INIT;
+	o.offer_id = offer_id;
+	o.call_id = (char *)call_id;
+	m.body_case = RINGBID__AGENT_MSG__BODY_OFFER;
+	m.offer = &o;
+	sim_session_on_msg(&f->s, &m, t);
+}
+
 static void test_offer_call_and_end(void **state)
 {
 	fixture *f = *state;
 	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
-	Ringbid__OfferEvent o = RINGBID__OFFER_EVENT__INIT;
 	Ringbid__CallEvent ce = RINGBID__CALL_EVENT__INIT;
 
 	login(f);
-	o.offer_id = 11;
-	o.call_id = "c-2";
-	m.body_case = RINGBID__AGENT_MSG__BODY_OFFER;
-	m.offer = &o;
-	sim_session_on_msg(&f->s, &m, 1);
+	push_offer(f, 11, "c-2", 1);
 	assert_int_equal(last_ev(f)->kind, SIM_SEV_OFFER);
 	assert_int_equal(last_ev(f)->offer_id, 11);
 	assert_string_equal(last_ev(f)->call_id, "c-2");
 	// An offer with a malformed call id is ignored.
 	int nev = f->nev;
-	o.call_id = "c 2\n";
-	sim_session_on_msg(&f->s, &m, 1);
+	push_offer(f, 11, "c 2\n", 1);
 	assert_int_equal(f->nev, nev);
 
 	assert_int_equal(sim_session_answer(&f->s, 11, true, 2), 0);
@@ -313,15 +319,10 @@ static void test_accepted_connects_only_on_event(void **state)
 {
 	fixture *f = *state;
 	Ringbid__AgentMsg m = RINGBID__AGENT_MSG__INIT;
-	Ringbid__OfferEvent o = RINGBID__OFFER_EVENT__INIT;
 	Ringbid__CallEvent ce = RINGBID__CALL_EVENT__INIT;
 
 	login(f);
-	o.offer_id = 21;
-	o.call_id = "c-21";
-	m.body_case = RINGBID__AGENT_MSG__BODY_OFFER;
-	m.offer = &o;
-	sim_session_on_msg(&f->s, &m, 1);
+	push_offer(f, 21, "c-21", 1);
 	assert_int_equal(sim_session_answer(&f->s, 21, true, 2), 0);
 	reply_status(f, last(f)->seq, RINGBID__AGENT_STATE__AGENT_RESERVED, NULL, 3);
 	assert_int_equal(count_kind(f, SIM_SEV_CONNECTED), 0);
