@@ -69,10 +69,9 @@ typedef struct broker {
 	// Offer ids below this are covered by a reservation known to be on disk: an Offer with
 	// one may leave before its own record is durable (0 after a start, until one is).
 	uint64_t offer_id_durable;
-	// Messages to presence waiting for the journal (broker_send's and links.c's copies), all
-	// of them, those about each agent, and the CallSync chunks: an Offer queues behind a
-	// held message about its agent, or a held CallSync, rather than overtake it.
-	uint32_t presence_gated;
+	// Messages to presence waiting for the journal (broker_send's and links.c's copies): the
+	// CallSync chunks, and per agent those about it. An Offer queues behind a held message
+	// about its agent, or a held CallSync, rather than overtake it.
 	uint32_t presence_gated_syncs;
 	struct broker_held *held; // per agent (core.c)
 	bool started;

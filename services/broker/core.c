@@ -37,11 +37,6 @@ struct broker_held {
 
 void broker_presence_hold(broker *b, uint64_t agent_id, bool sync, int delta)
 {
-	if (delta > 0) {
-		b->presence_gated++;
-	} else if (b->presence_gated > 0) {
-		b->presence_gated--;
-	}
 	if (sync) {
 		if (delta > 0)
 			b->presence_gated_syncs++;
@@ -77,27 +72,6 @@ uint32_t broker_presence_held(const broker *b, uint64_t agent_id)
 	struct broker_held *h = NULL;
 	HASH_FIND(hh, b->held, &agent_id, sizeof(agent_id), h);
 	return b->presence_gated_syncs + (h != NULL ? h->count : 0);
-}
-
-// The agent a message to presence is about, and whether it is a CallSync chunk.
-static uint64_t envelope_agent(const Ringbid__Envelope *env, bool *sync)
-{
-	*sync = false;
-	switch (env->body_case) {
-	case RINGBID__ENVELOPE__BODY_OFFER:
-		return env->offer->agent_id;
-	case RINGBID__ENVELOPE__BODY_OFFER_CANCEL:
-		return env->offer_cancel->agent_id;
-	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
-		return env->call_ended->agent_id;
-	case RINGBID__ENVELOPE__BODY_CALL_CONNECTED:
-		return env->call_connected->agent_id;
-	case RINGBID__ENVELOPE__BODY_CALL_SYNC:
-		*sync = true;
-		return 0;
-	default:
-		return 0;
-	}
 }
 
 static rb_bus *link_bus(broker *b, broker_link link)
@@ -361,9 +335,12 @@ void broker_send(broker *b, broker_link link, Ringbid__Envelope *env)
 	g->b = b;
 	g->link = link;
 	g->msg = msg;
-	g->agent_id = link == BROKER_LINK_PRESENCE ? envelope_agent(env, &g->sync) : 0;
-	if (link != BROKER_LINK_PRESENCE)
-		g->sync = false;
+	g->agent_id = 0;
+	g->sync = false;
+	if (link == BROKER_LINK_PRESENCE) {
+		const char *call_id;
+		(void)broker_presence_about(env, &g->agent_id, &call_id, &g->sync);
+	}
 	if (broker_journal_after(b->journal, gated_done, g) != 0) {
 		nng_msg_free(msg);
 		free(g);

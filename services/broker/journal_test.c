@@ -780,7 +780,7 @@ static void test_start_reserves_offer_ids(void **state)
 
 // What waits for the disk on the way to presence: the Offer only while its id is not covered,
 // or a message about its agent or a CallSync is held (so it overtakes neither); OfferCancel
-// and CallConnected always. presence_gated counts what is held, down to 0 however it ends.
+// and CallConnected always. What is held is counted per agent, down to 0 however it ends.
 static void test_presence_gate(void **state)
 {
 	(void)state;
@@ -795,53 +795,50 @@ static void test_presence_gate(void **state)
 	// The first offer's id is not covered by a durable reservation yet: it waits.
 	broker_call *a = arrive(b, "g-a");
 	offer(b, a, 31);
-	assert_int_equal(b->presence_gated, 1);
+	assert_int_equal(broker_presence_held(b, 31), 1);
 	sync_journal(b->journal);
-	assert_int_equal(b->presence_gated, 0);
+	assert_int_equal(broker_presence_held(b, 31), 0);
 	// Now an Offer leaves at once.
 	broker_call *c = arrive(b, "g-b");
 	offer(b, c, 32);
-	assert_int_equal(b->presence_gated, 0);
+	assert_int_equal(broker_presence_held(b, 32), 0);
 	// The caller of "g-a" hangs up: its OfferCancel to agent 31 waits. An Offer to another
 	// agent leaves at once; one to agent 31 queues behind the cancel.
 	assert_int_equal(broker_change(b, a, BROKER_EV_HANGUP, 0, 0, NULL), 0);
-	assert_int_equal(b->presence_gated, 1);
 	assert_int_equal(broker_presence_held(b, 31), 1);
-	assert_int_equal(broker_presence_held(b, 33), 0);
 	offer(b, arrive(b, "g-c"), 33);
-	assert_int_equal(b->presence_gated, 1);
+	assert_int_equal(broker_presence_held(b, 33), 0);
 	offer(b, arrive(b, "g-e"), 31);
-	assert_int_equal(b->presence_gated, 2);
 	assert_int_equal(broker_presence_held(b, 31), 2);
 	sync_journal(b->journal);
-	assert_int_equal(b->presence_gated, 0);
 	assert_int_equal(broker_presence_held(b, 31), 0);
 	offer(b, arrive(b, "g-d"), 34);
-	assert_int_equal(b->presence_gated, 0);
+	assert_int_equal(broker_presence_held(b, 34), 0);
 	// A held CallSync holds every Offer.
 	broker_presence_hold(b, 0, true, +1);
 	assert_int_equal(broker_presence_held(b, 35), 1);
 	offer(b, arrive(b, "g-f"), 35);
-	assert_int_equal(b->presence_gated, 2);
+	assert_int_equal(broker_presence_held(b, 35), 2);
 	broker_presence_hold(b, 0, true, -1);
+	assert_int_equal(broker_presence_held(b, 35), 1); // the Offer itself
 	sync_journal(b->journal);
-	assert_int_equal(b->presence_gated, 0);
 	assert_int_equal(broker_presence_held(b, 35), 0);
 	// The agent accepts: CallConnected waits for the CONNECTED record.
 	assert_int_equal(broker_change(b, c, BROKER_EV_CONNECT, 32, 0, NULL), 0);
-	assert_int_equal(b->presence_gated, 1);
+	assert_int_equal(broker_presence_held(b, 32), 1);
 	sync_journal(b->journal);
-	assert_int_equal(b->presence_gated, 0);
+	assert_int_equal(broker_presence_held(b, 32), 0);
 	// A repeated ACCEPTED gets CallConnected again, just as held.
 	broker_send_call_connected(b, c);
-	assert_int_equal(b->presence_gated, 1);
+	assert_int_equal(broker_presence_held(b, 32), 1);
 	// A journal closed first releases the held message unsent: the count still drops.
 	rb_bus_free(b->presence[0]);
 	b->presence[0] = NULL;
 	b->npresence = 0;
 	close_journal(b->journal);
 	b->journal = NULL;
-	assert_int_equal(b->presence_gated, 0);
+	assert_int_equal(broker_presence_held(b, 32), 0);
+	assert_null(b->held); // nothing left counted for any agent
 	free_broker(b);
 }
 

@@ -478,34 +478,43 @@ static void send_to_pipe(broker *b, nng_msg *msg, uint32_t pipe, bool gated, uin
 	broker_presence_hold(b, agent_id, sync, +1);
 }
 
+bool broker_presence_about(const Ringbid__Envelope *env, uint64_t *agent_id, const char **call_id,
+                           bool *sync)
+{
+	*agent_id = 0;
+	*call_id = NULL;
+	*sync = env->body_case == RINGBID__ENVELOPE__BODY_CALL_SYNC;
+	switch (env->body_case) {
+	case RINGBID__ENVELOPE__BODY_OFFER:
+		*agent_id = env->offer->agent_id;
+		return true;
+	case RINGBID__ENVELOPE__BODY_OFFER_CANCEL:
+		*agent_id = env->offer_cancel->agent_id;
+		*call_id = env->offer_cancel->call_id;
+		return true;
+	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
+		*agent_id = env->call_ended->agent_id;
+		*call_id = env->call_ended->call_id;
+		return true;
+	case RINGBID__ENVELOPE__BODY_CALL_CONNECTED:
+		*agent_id = env->call_connected->agent_id;
+		*call_id = env->call_connected->call_id;
+		return true;
+	default:
+		return false;
+	}
+}
+
 int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg, bool gated)
 {
 	uint32_t pipes[BROKER_PRESENCE_INSTANCES];
 	size_t n = 0;
-	uint64_t agent_id = 0;
-	const char *call_id = NULL;
-	switch (env->body_case) {
-	case RINGBID__ENVELOPE__BODY_OFFER:
-		agent_id = env->offer->agent_id;
-		break;
-	case RINGBID__ENVELOPE__BODY_OFFER_CANCEL:
-		agent_id = env->offer_cancel->agent_id;
-		call_id = env->offer_cancel->call_id;
-		break;
-	case RINGBID__ENVELOPE__BODY_CALL_ENDED:
-		agent_id = env->call_ended->agent_id;
-		call_id = env->call_ended->call_id;
-		break;
-	case RINGBID__ENVELOPE__BODY_CALL_CONNECTED:
-		agent_id = env->call_connected->agent_id;
-		call_id = env->call_connected->call_id;
-		break;
-	default:
-		// Answers (refusals) go back to the connection whose message is being handled.
-		if (peers.cur_pipe != 0)
-			pipes[n++] = peers.cur_pipe;
-		break;
-	}
+	uint64_t agent_id;
+	const char *call_id;
+	bool sync;
+	// Answers (refusals) go back to the connection whose message is being handled.
+	if (!broker_presence_about(env, &agent_id, &call_id, &sync) && peers.cur_pipe != 0)
+		pipes[n++] = peers.cur_pipe;
 	// A change of an offer, or of the call it connected, goes where that offer was made
 	// (journaled with the call), even when the agent has since been placed elsewhere.
 	const broker_call *c = call_id != NULL && rb_valid_id(call_id, BROKER_ID_MAX)

@@ -70,6 +70,12 @@ int broker_presence_call_sync(broker *b, uint32_t presence_id, uint64_t sync_id,
 // msg carries its pipe, send it as usual; 1: msg was taken here (freed because no connection
 // is there for it). Copies for further instances are sent here, after the journal when gated.
 int broker_presence_route(broker *b, const Ringbid__Envelope *env, nng_msg *msg, bool gated);
+// What env, a message for the presence link, is about: true for a message about an agent
+// (Offer, OfferCancel, CallEnded, CallConnected), with *agent_id and, where it names one,
+// *call_id (else NULL; borrowed from env); false for a CallSync or an answer (*agent_id 0).
+// *sync: a CallSync chunk.
+bool broker_presence_about(const Ringbid__Envelope *env, uint64_t *agent_id, const char **call_id,
+                           bool *sync);
 // The socket for msg once broker_presence_route has set its pipe: the one socket when there is
 // one presence instance, else the socket of the instance that connection speaks for (or of the
 // connection whose message is being answered). NULL: that connection is gone; msg stays the

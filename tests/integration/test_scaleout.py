@@ -10,11 +10,14 @@ the call): every call ends normally, none at two agents.
 
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import expect, expect_eq, run_tests, wait_until  # noqa: E402
+from harness import (BIN, ITEST, expect, expect_eq, no_stack, pick_port_base,  # noqa: E402
+                     run_tests, wait_until)
 
 LONG = "60"  # --auto-answer talk time for agents whose calls the caller ends (--talk)
 PORT_PRESENCE_1 = 11  # instance 1 of a stack listens for agents on base+10+1 (docs/cli.md)
@@ -190,6 +193,35 @@ def test_offer_burst_reaches_one_instance(st):
         offers = sum(len(offered(c, cid)) for c in clients)
         expect_eq(offers, 1, "offers made for %s" % cid)
         expect_eq(len(connected_to(clients, cid)), 1, "agents connected to %s" % cid)
+
+
+@no_stack
+def test_broker_refuses_wrong_presence_addresses():
+    """With several presence instances the broker needs one address per instance: a list that
+    is missing, short, long or has an empty entry stops it at start with a clear error."""
+    base = pick_port_base("scaleout-urls")
+    cases = {
+        None: "must list the broker's address for each of the 2 presence instances",
+        "tcp://127.0.0.1:%d" % (base + 3): "exactly 2 non-empty URLs",
+        "tcp://127.0.0.1:%d," % (base + 3): "exactly 2 non-empty URLs",
+        "tcp://127.0.0.1:%d,,tcp://127.0.0.1:%d" % (base + 3, base + 61):
+            "exactly 2 non-empty URLs",
+        ",".join("tcp://127.0.0.1:%d" % (base + p) for p in (3, 61, 62)):
+            "exactly 2 non-empty URLs",
+    }
+    for urls, why in cases.items():
+        with tempfile.TemporaryDirectory(dir=ITEST) as home:
+            env = dict(os.environ, RINGBID_HOME=home, RINGBID_PORT_BASE=str(base),
+                       RINGBID_PRESENCE_INSTANCES="2", RINGBID_DATABASE_URL="",
+                       PGHOST=os.path.join(home, "no-db"))
+            env.pop("RINGBID_BROKER_PRESENCE_URLS", None)
+            if urls is not None:
+                env["RINGBID_BROKER_PRESENCE_URLS"] = urls
+            res = subprocess.run([os.path.join(BIN, "ringbid-broker")], env=env,
+                                 capture_output=True, text=True, timeout=30)
+            expect(res.returncode != 0, "the broker started with RINGBID_BROKER_PRESENCE_URLS=%r",
+                   urls)
+            expect(why in res.stderr, "no clear error for %r:\n%s", urls, res.stderr[-600:])
 
 
 def test_broker_killed_with_calls_at_both_instances(st):
