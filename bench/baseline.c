@@ -25,6 +25,7 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,11 +42,20 @@
 static const char *const langs[N_LANGS] = {"en", "fr", "de", "es", "it"};
 static const char *const products[N_PRODUCTS] = {"billing", "tech", "sales", "retention"};
 
+// What the callers of one case share: they connect, then start together, so that a paced run
+// places its calls evenly from the first (caller i's calls fall between caller i-1's).
+typedef struct start_line {
+	pthread_barrier_t ready;
+	_Atomic uint64_t start_us;
+} start_line;
+
 typedef struct caller {
 	pthread_t th;
+	start_line *line;
 	const char *conninfo;
 	size_t from, to, step; // call sequence numbers this caller places
 	double rate;           // this caller's calls/s, 0: back to back
+	double offset_us;      // paced: when this caller's first call is due, after the start
 	size_t n_queues;
 	uint64_t seed;
 	uint64_t *lat_us; // shared, indexed by sequence number (0: not dispatched)
@@ -168,14 +178,17 @@ static void *place_calls(void *arg)
 		die_pq(db, "prepare free");
 	PQclear(r);
 
-	start = mono_us();
+	if (pthread_barrier_wait(&c->line->ready) == PTHREAD_BARRIER_SERIAL_THREAD)
+		atomic_store(&c->line->start_us, mono_us());
+	pthread_barrier_wait(&c->line->ready);
+	start = atomic_load(&c->line->start_us);
 	for (size_t seq = c->from; seq < c->to; seq += c->step, k++) {
 		char skills[64], id[24];
 		const char *p[1];
 		uint64_t t0;
 
 		if (c->rate > 0) {
-			uint64_t due = start + (uint64_t)((double)k * 1e6 / c->rate);
+			uint64_t due = start + (uint64_t)(c->offset_us + (double)k * 1e6 / c->rate);
 			uint64_t now = mono_us();
 
 			if (due > now)
@@ -252,18 +265,21 @@ static void run_case(const char *conninfo, size_t n_agents, size_t n_queues, siz
 	uint64_t *sorted = calloc(n_calls, sizeof(*sorted));
 	size_t nl = 0, no_agent = 0, failed = 0;
 	uint64_t t0, t1;
+	start_line line = {.start_us = 0};
 
 	if (cs == NULL || lat == NULL || sorted == NULL) {
 		fprintf(stderr, "baseline: out of memory\n");
 		exit(1);
 	}
-	t0 = mono_us();
+	pthread_barrier_init(&line.ready, NULL, (unsigned)n_callers);
 	for (size_t i = 0; i < n_callers; i++) {
-		cs[i] = (caller){.conninfo = conninfo,
+		cs[i] = (caller){.line = &line,
+		                 .conninfo = conninfo,
 		                 .from = i,
 		                 .to = n_calls,
 		                 .step = n_callers,
 		                 .rate = rate / (double)n_callers,
+		                 .offset_us = rate > 0 ? (double)i * 1e6 / rate : 0,
 		                 .n_queues = n_queues,
 		                 .seed = seed * 1000003u + i + 1,
 		                 .lat_us = lat};
@@ -278,6 +294,10 @@ static void run_case(const char *conninfo, size_t n_agents, size_t n_queues, siz
 		failed += cs[i].failed;
 	}
 	t1 = mono_us();
+	// From the moment every caller was connected, as ringbid's run is timed from its first
+	// call.
+	t0 = atomic_load(&line.start_us);
+	pthread_barrier_destroy(&line.ready);
 	for (size_t i = 0; i < n_calls; i++)
 		if (lat[i])
 			sorted[nl++] = lat[i];

@@ -305,6 +305,10 @@ typedef struct caller {
 	nng_socket sock;
 	size_t from, to, step;
 	double rate; // calls per second for this thread; 0: as fast as replies come
+	// Paced: the phase's start and when this thread's first call is due after it, so that the
+	// threads' calls interleave evenly instead of leaving together in bursts of n_callers.
+	uint64_t start_us;
+	double offset_us;
 	char token[160];
 	uint64_t refused;
 } caller;
@@ -312,7 +316,7 @@ typedef struct caller {
 static void *place_calls(void *arg)
 {
 	caller *c = arg;
-	uint64_t start = rb_mono_us();
+	uint64_t start = c->start_us;
 	unsigned long long run = atomic_load(&grp->run_id);
 	size_t k = 0;
 
@@ -324,7 +328,7 @@ static void *place_calls(void *arg)
 		nng_msg *msg;
 
 		if (c->rate > 0) {
-			uint64_t due = start + (uint64_t)((double)k * 1e6 / c->rate);
+			uint64_t due = start + (uint64_t)(c->offset_us + (double)k * 1e6 / c->rate);
 			uint64_t now = rb_mono_us();
 
 			if (due > now)
@@ -601,6 +605,8 @@ static int run_phase(const phase *ph, caller *callers, size_t n_callers, const c
 		c->to = end;
 		c->step = n_callers;
 		c->rate = ph->rate > 0 ? ph->rate / (double)n_callers : 0;
+		c->start_us = t0;
+		c->offset_us = ph->rate > 0 ? (double)t * 1e6 / ph->rate : 0;
 		c->refused = 0;
 		pthread_create(&th[t], NULL, place_calls, c);
 	}
