@@ -27,6 +27,18 @@
 // (timers, other sockets, the database): a burst is handled in batches, never starving them.
 #define RECV_BATCH 128
 
+// A batch frame (buses with opts.batch): the byte BATCH_MARK, then each message as a 4-byte
+// big-endian length and its bytes. A message on such a bus never begins with BATCH_MARK
+// unframed: one that does, or is empty, travels as a batch of one. Protobuf encodings never
+// begin with a zero byte (field number 0 is invalid), so the envelopes of the service links
+// need no framing of their own. Written here rather than taken from a library: it is the
+// smallest framing nng's message boundaries allow, and nng has none for several messages.
+#define BATCH_MARK 0x00
+// At most this many messages, and this many bytes, in one batch: enough to carry a busy loop
+// turn's messages in a few frames, small enough that the peer starts on them promptly.
+#define BATCH_MSGS  256
+#define BATCH_BYTES (256 * 1024)
+
 typedef enum {
 	OP_RECV,     // PAIR: the one receive
 	OP_SEND,     // PAIR: one of the send pool
@@ -83,6 +95,13 @@ struct rb_bus {
 
 	uv_async_t async;
 	bool async_init;
+	// opts.batch on a PAIR bus: sends queued in one loop turn are flushed together when the
+	// turn's callbacks are done (check) or before the loop next waits (prepare).
+	uv_check_t flush_check;
+	uv_prepare_t flush_prepare;
+	bool flush_init;
+	bool flush_armed;
+	int handles; // libuv handles still open; the bus is freed when the last one closes
 	pthread_mutex_t lock;
 	bus_op *q_head, *q_tail; // completions from nng threads (lock)
 	int q_pipes;             // pipe events queued or in the batch, not yet handled (lock)
@@ -100,6 +119,7 @@ struct rb_bus {
 
 	bus_op recv_op;
 	bus_op send_ops[SEND_POOL];
+	int sends_busy;  // send_ops with an nng_send_aio outstanding
 	send_item *fifo; // ring of queued sends
 	size_t fifo_cap, fifo_head, fifo_len;
 
@@ -114,6 +134,7 @@ struct rb_bus {
 	pipe_entry *pipes;
 	int peers;
 	uint64_t dropped;
+	uint64_t malformed; // batch frames refused
 };
 
 static void list_add(bus_op **head, bus_op *op)
@@ -284,35 +305,174 @@ static void start_recv(rb_bus *bus)
 	}
 }
 
+static bool batching(const rb_bus *bus)
+{
+	return bus->opts.batch && bus->kind == RB_BUS_PAIR;
+}
+
+static send_item *fifo_at(rb_bus *bus, size_t i)
+{
+	return &bus->fifo[(bus->fifo_head + i) % bus->fifo_cap];
+}
+
+static send_item fifo_pop(rb_bus *bus)
+{
+	send_item it = bus->fifo[bus->fifo_head];
+
+	bus->fifo_head = (bus->fifo_head + 1) % bus->fifo_cap;
+	bus->fifo_len--;
+	return it;
+}
+
+// A message that cannot travel unframed on a batch bus: the receiver would read its first
+// byte as a frame's.
+static bool needs_frame(nng_msg *msg)
+{
+	return nng_msg_len(msg) == 0 || *(const uint8_t *)nng_msg_body(msg) == BATCH_MARK;
+}
+
+// Takes what goes out next: the oldest queued message, or on a batch bus as many of the
+// oldest as fit in one frame. Messages that waited past the send timeout are dropped here (the
+// time in this queue counts against it). *age is how long the oldest one taken waited. NULL
+// when nothing was taken, or when the one message taken had to be dropped: either way the
+// queue is shorter than before.
+static nng_msg *fifo_take(rb_bus *bus, uint64_t now, uint64_t limit, uint64_t *age)
+{
+	size_t n = 1, bytes;
+	nng_msg *frame;
+	uint8_t *p;
+
+	while (bus->fifo_len > 0) {
+		const send_item *it = fifo_at(bus, 0);
+
+		*age = now > it->queued_at ? now - it->queued_at : 0;
+		if (*age < limit)
+			break;
+		nng_msg_free(fifo_pop(bus).msg);
+		bus->dropped++;
+	}
+	if (bus->fifo_len == 0)
+		return NULL;
+	if (!batching(bus))
+		return fifo_pop(bus).msg;
+	bytes = 1 + 4 + nng_msg_len(fifo_at(bus, 0)->msg);
+	while (n < bus->fifo_len && n < BATCH_MSGS) {
+		size_t next = 4 + nng_msg_len(fifo_at(bus, n)->msg);
+
+		if (bytes + next > BATCH_BYTES)
+			break;
+		bytes += next;
+		n++;
+	}
+	if (n == 1 && !needs_frame(fifo_at(bus, 0)->msg))
+		return fifo_pop(bus).msg;
+	if (nng_msg_alloc(&frame, bytes) != 0) {
+		send_item it = fifo_pop(bus);
+
+		if (!needs_frame(it.msg))
+			return it.msg;
+		rb_warn("bus %s: out of memory framing a message: dropped", bus->name);
+		nng_msg_free(it.msg);
+		bus->dropped++;
+		return NULL;
+	}
+	p = nng_msg_body(frame);
+	*p++ = BATCH_MARK;
+	for (size_t i = 0; i < n; i++) {
+		nng_msg *m = fifo_pop(bus).msg;
+		size_t len = nng_msg_len(m);
+
+		p[0] = (uint8_t)(len >> 24);
+		p[1] = (uint8_t)(len >> 16);
+		p[2] = (uint8_t)(len >> 8);
+		p[3] = (uint8_t)len;
+		memcpy(p + 4, nng_msg_body(m), len);
+		p += 4 + len;
+		nng_msg_free(m);
+	}
+	return frame;
+}
+
+static bus_op *idle_send_op(rb_bus *bus)
+{
+	for (int i = 0; i < SEND_POOL; i++) {
+		if (!bus->send_ops[i].busy)
+			return &bus->send_ops[i];
+	}
+	return NULL;
+}
+
+// Sends what is queued, in order. With nothing in flight, a PAIR socket whose peer is ready
+// for a message takes it at once (pair1 hands it to the connection on this thread), so the
+// send costs no aio completion and no loop wake-up, which are most of what a message costs;
+// otherwise nng says EAGAIN and the message goes by aio, as everything behind it then does
+// until the aios are done, which keeps the order. Only on PAIR: a polyamorous socket's
+// per-peer queue drops instead of refusing. Neither kind has a send buffer (NNG_OPT_SENDBUF
+// 0), so no message is ever held for a peer that is not there.
 static void send_pump(rb_bus *bus)
 {
 	uint64_t now = uv_now(bus->loop);
 	uint64_t limit = (uint64_t)bus->opts.send_timeout_ms;
 
-	for (int i = 0; i < SEND_POOL && bus->fifo_len > 0; i++) {
-		bus_op *op = &bus->send_ops[i];
+	while (bus->fifo_len > 0) {
+		bool direct = bus->kind == RB_BUS_PAIR && bus->sends_busy == 0;
+		bus_op *op = direct ? NULL : idle_send_op(bus);
+		uint64_t age = 0;
+		nng_msg *msg;
 
-		if (op->busy)
+		if (!direct && op == NULL)
+			return;
+		if ((msg = fifo_take(bus, now, limit, &age)) == NULL)
 			continue;
-		while (bus->fifo_len > 0) {
-			send_item it = bus->fifo[bus->fifo_head];
-			uint64_t age = now > it.queued_at ? now - it.queued_at : 0;
-
-			bus->fifo_head = (bus->fifo_head + 1) % bus->fifo_cap;
-			bus->fifo_len--;
-			// The time a message waited in this queue counts against its send timeout.
-			if (age >= limit) {
-				nng_msg_free(it.msg);
-				bus->dropped++;
+		if (direct) {
+			if (nng_sendmsg(bus->sock, msg, NNG_FLAG_NONBLOCK) == 0)
 				continue;
-			}
-			op->busy = true;
-			nng_aio_set_msg(op->aio, it.msg);
-			nng_aio_set_timeout(op->aio, (nng_duration)(limit - age));
-			nng_send_aio(bus->sock, op->aio);
-			break;
+			op = idle_send_op(bus);
 		}
+		op->busy = true;
+		bus->sends_busy++;
+		nng_aio_set_msg(op->aio, msg);
+		nng_aio_set_timeout(op->aio, (nng_duration)(limit - age));
+		nng_send_aio(bus->sock, op->aio);
 	}
+}
+
+// A batch bus flushes once the loop turn's callbacks have had their say (check), or before the
+// loop waits again when a timer sent (prepare): whatever they queued leaves together.
+static void flush_stop(rb_bus *bus)
+{
+	if (!bus->flush_armed)
+		return;
+	bus->flush_armed = false;
+	uv_check_stop(&bus->flush_check);
+	uv_prepare_stop(&bus->flush_prepare);
+}
+
+static void flush_check_cb(uv_check_t *h)
+{
+	rb_bus *bus = h->data;
+
+	flush_stop(bus);
+	if (!bus->closing)
+		send_pump(bus);
+}
+
+static void flush_prepare_cb(uv_prepare_t *h)
+{
+	rb_bus *bus = h->data;
+
+	flush_stop(bus);
+	if (!bus->closing)
+		send_pump(bus);
+}
+
+static void flush_arm(rb_bus *bus)
+{
+	if (bus->flush_armed)
+		return;
+	bus->flush_armed = true;
+	uv_check_start(&bus->flush_check, flush_check_cb);
+	uv_prepare_start(&bus->flush_prepare, flush_prepare_cb);
 }
 
 // Whether a pipe event waits to be handled. Messages taken without the aio must not
@@ -329,13 +489,101 @@ static bool pipe_event_waiting(rb_bus *bus)
 
 // Hands one received message to the service. Returns false when the callback freed the bus:
 // nothing of it may be touched then but the struct itself, which lives until its handle closes.
-static bool deliver(rb_bus *bus, nng_msg *msg)
+static bool deliver_one(rb_bus *bus, nng_msg *msg)
 {
 	if (bus->on_recv != NULL)
 		bus->on_recv(bus, msg, bus->recv_arg);
 	else
 		nng_msg_free(msg);
 	return !bus->closing;
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+int rb_bus_unpack(const void *buf, size_t len, rb_bus_part_fn fn, void *arg)
+{
+	const uint8_t *body = buf;
+	const uint8_t *end = body + len;
+	int n = 0;
+
+	if (len == 0 || body[0] != BATCH_MARK) {
+		if (fn != NULL)
+			fn(buf, len, arg);
+		return 1;
+	}
+	// The whole frame is checked before any of it is handed on: a malformed one (a length
+	// past its end, no message at all, more than a sender ever packs) yields nothing.
+	for (const uint8_t *q = body + 1; q < end; n++) {
+		uint32_t part;
+
+		if (end - q < 4 || n == BATCH_MSGS)
+			return RB_EDECODE;
+		part = get_u32(q);
+		q += 4;
+		if (part > (size_t)(end - q))
+			return RB_EDECODE;
+		q += part;
+	}
+	if (n == 0)
+		return RB_EDECODE;
+	for (const uint8_t *q = body + 1; q < end && fn != NULL;) {
+		uint32_t part = get_u32(q);
+
+		if (!fn(q + 4, part, arg))
+			break;
+		q += 4 + part;
+	}
+	return n;
+}
+
+typedef struct {
+	rb_bus *bus;
+	nng_pipe pipe;
+	bool freed; // the receive callback freed the bus
+} unpack_ctx;
+
+static bool deliver_part(const void *part, size_t len, void *arg)
+{
+	unpack_ctx *u = arg;
+	nng_msg *m;
+
+	if (nng_msg_alloc(&m, len) != 0) {
+		rb_error("bus %s: out of memory unpacking a batch: the rest is lost", u->bus->name);
+		return false;
+	}
+	memcpy(nng_msg_body(m), part, len);
+	nng_msg_set_pipe(m, u->pipe);
+	if (!deliver_one(u->bus, m)) {
+		u->freed = true;
+		return false;
+	}
+	return true;
+}
+
+// A batch frame: each of its messages is delivered as an nng message of its own, from the
+// frame's peer; a malformed frame changes nothing and is only counted.
+static bool deliver_batch(rb_bus *bus, nng_msg *frame)
+{
+	unpack_ctx u = {.bus = bus, .pipe = nng_msg_get_pipe(frame)};
+
+	if (rb_bus_unpack(nng_msg_body(frame), nng_msg_len(frame), deliver_part, &u) < 0) {
+		bus->malformed++;
+		rb_warn("bus %s: malformed batch frame of %zu bytes refused", bus->name,
+		        nng_msg_len(frame));
+	}
+	nng_msg_free(frame);
+	return !u.freed;
+}
+
+static bool deliver(rb_bus *bus, nng_msg *msg)
+{
+	if (bus->opts.batch && nng_msg_len(msg) > 0 &&
+	    *(const uint8_t *)nng_msg_body(msg) == BATCH_MARK)
+		return deliver_batch(bus, msg);
+	return deliver_one(bus, msg);
 }
 
 // The receive aio completed: its message is delivered, then whatever else nng has buffered is
@@ -379,6 +627,7 @@ static void handle_send(rb_bus *bus, bus_op *op)
 	int rv = nng_aio_result(op->aio);
 
 	op->busy = false;
+	bus->sends_busy--;
 	if (rv != 0) {
 		nng_msg *msg = nng_aio_get_msg(op->aio);
 
@@ -687,6 +936,8 @@ static void bus_close_cb(uv_handle_t *handle)
 {
 	rb_bus *bus = handle->data;
 
+	if (--bus->handles > 0)
+		return;
 	pthread_mutex_destroy(&bus->lock);
 	free(bus);
 }
@@ -702,6 +953,8 @@ int rb_bus_new(uv_loop_t *loop, rb_bus_kind kind, const rb_bus_opts *opts, rb_bu
 		return RB_EINVAL;
 	if (kind != RB_BUS_PAIR && kind != RB_BUS_PAIR_POLY && kind != RB_BUS_REP &&
 	    kind != RB_BUS_REQ)
+		return RB_EINVAL;
+	if (opts->batch && kind != RB_BUS_PAIR && kind != RB_BUS_PAIR_POLY)
 		return RB_EINVAL;
 	bus = calloc(1, sizeof(*bus));
 	if (bus == NULL)
@@ -803,6 +1056,16 @@ int rb_bus_new(uv_loop_t *loop, rb_bus_kind kind, const rb_bus_opts *opts, rb_bu
 	}
 	bus->async.data = bus;
 	bus->async_init = true;
+	bus->handles = 1;
+	if (batching(bus)) {
+		// Neither can fail: they only link the handle into the loop.
+		uv_check_init(loop, &bus->flush_check);
+		uv_prepare_init(loop, &bus->flush_prepare);
+		bus->flush_check.data = bus;
+		bus->flush_prepare.data = bus;
+		bus->flush_init = true;
+		bus->handles += 2;
+	}
 	*out = bus;
 	return 0;
 
@@ -926,7 +1189,10 @@ int rb_bus_send(rb_bus *bus, nng_msg *msg)
 		bus->dropped++;
 		return rv;
 	}
-	send_pump(bus);
+	if (batching(bus))
+		flush_arm(bus);
+	else
+		send_pump(bus);
 	return 0;
 }
 
@@ -1022,6 +1288,11 @@ nng_pipe rb_bus_req_pipe(const rb_bus_req *req)
 int rb_bus_peers(const rb_bus *bus)
 {
 	return bus != NULL ? bus->peers : 0;
+}
+
+uint64_t rb_bus_malformed(const rb_bus *bus)
+{
+	return bus != NULL ? bus->malformed : 0;
 }
 
 uint64_t rb_bus_dropped(const rb_bus *bus)
@@ -1122,6 +1393,11 @@ void rb_bus_free(rb_bus *bus)
 	if (bus->tls != NULL) {
 		nng_tls_config_free(bus->tls);
 		bus->tls = NULL;
+	}
+	if (bus->flush_init) {
+		flush_stop(bus);
+		uv_close((uv_handle_t *)&bus->flush_check, bus_close_cb);
+		uv_close((uv_handle_t *)&bus->flush_prepare, bus_close_cb);
 	}
 	if (bus->async_init) {
 		uv_close((uv_handle_t *)&bus->async, bus_close_cb);

@@ -42,6 +42,12 @@ typedef struct rb_bus_opts {
 	int req_resend_ms;    // REQ: resend after this long without a reply (default 1000)
 	int rep_parallel;     // REP: requests received concurrently (default 64)
 	const char *name;     // for logs ("broker-auction")
+	// Service links (PAIR, PAIR_POLY; both ends must set it): messages may travel packed,
+	// several in one nng message. A PAIR bus then packs what it is given in one loop turn
+	// and sends it as the turn ends; every batch bus unpacks what it receives, and the
+	// receive callback still gets one message at a time, in order. A polyamorous bus sends
+	// unpacked (its messages go to different peers).
+	bool batch;
 } rb_bus_opts;
 
 // Creates a socket of kind on loop. On success *out is the caller's (rb_bus_free).
@@ -82,6 +88,16 @@ nng_pipe rb_bus_req_pipe(const rb_bus_req *req);
 int rb_bus_peers(const rb_bus *bus);
 // Messages dropped because they could not be sent in time.
 uint64_t rb_bus_dropped(const rb_bus *bus);
+// Batch frames refused as malformed (buses with opts.batch).
+uint64_t rb_bus_malformed(const rb_bus *bus);
+
+// Called for each message unpacked, in order; returns false to stop.
+typedef bool (*rb_bus_part_fn)(const void *part, size_t len, void *arg);
+// For whoever reads a batch link without a bus (tools and tests speaking raw nng): walks what
+// one nng message carried (its body, len bytes). A plain message is one part, itself; a batch
+// frame is checked whole and then each of its messages is passed to fn (NULL: only counted).
+// Returns the number of messages, or RB_EDECODE for a malformed frame, without calling fn.
+int rb_bus_unpack(const void *buf, size_t len, rb_bus_part_fn fn, void *arg);
 
 // Closes the socket, cancels pending work (REQ callbacks get RB_ECLOSED, before this returns),
 // frees the bus once libuv has released its handles. NULL is fine. A request still unanswered

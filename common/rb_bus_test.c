@@ -13,6 +13,8 @@
 #include <cmocka.h>
 
 #include "rb_bus.h"
+
+#include <nng/protocol/pair1/pair.h>
 #include "rb_err.h"
 
 // A port nothing listens on right now (the kernel's pick, released again).
@@ -822,6 +824,313 @@ static void test_tls(void **state)
 	rb_bus_free(srv);
 }
 
+// --- batch links ------------------------------------------------------------------------------
+
+// Receives a batch link's traffic: numbered "n<i>" messages must come in order, and the odd
+// ones a frame must carry (empty, or starting with a zero byte) must come intact.
+typedef struct {
+	int recvs;
+	int next;
+	int out_of_order;
+	int empties;
+	int zeros; // "\0z" arrived intact
+	int garbled;
+} batch_rx;
+
+static void on_batch_recv(rb_bus *bus, nng_msg *msg, void *arg)
+{
+	batch_rx *r = arg;
+	const char *body = nng_msg_body(msg);
+	size_t len = nng_msg_len(msg);
+
+	(void)bus;
+	r->recvs++;
+	if (len == 0) {
+		r->empties++;
+	} else if (body[0] == '\0') {
+		if (len == 2 && body[1] == 'z')
+			r->zeros++;
+		else
+			r->garbled++;
+	} else if (body[0] == 'n') {
+		char text[16];
+		size_t n = len < sizeof(text) - 1 ? len : sizeof(text) - 1;
+
+		memcpy(text, body, n);
+		text[n] = '\0';
+		if (atoi(text + 1) != r->next)
+			r->out_of_order++;
+		r->next = atoi(text + 1) + 1;
+	} else {
+		r->garbled++;
+	}
+	nng_msg_free(msg);
+}
+
+static nng_msg *bytes_msg(const void *b, size_t n)
+{
+	nng_msg *m;
+
+	assert_int_equal(nng_msg_alloc(&m, 0), 0);
+	if (n > 0)
+		assert_int_equal(nng_msg_append(m, b, n), 0);
+	return m;
+}
+
+// Sends count numbered messages, with an empty one and a "\0z" after every 1,000th.
+static int send_mixed(rb_bus *bus, int count)
+{
+	int sent = 0;
+
+	for (int i = 0; i < count; i++) {
+		char buf[16];
+
+		snprintf(buf, sizeof(buf), "n%d", i);
+		assert_int_equal(rb_bus_send(bus, text_msg(buf)), 0);
+		sent++;
+		if (i % 1000 == 999) {
+			assert_int_equal(rb_bus_send(bus, bytes_msg(NULL, 0)), 0);
+			assert_int_equal(rb_bus_send(bus, bytes_msg("\0z", 2)), 0);
+			sent += 2;
+		}
+	}
+	return sent;
+}
+
+// Two batch buses: a burst sent in one turn each way arrives whole and in order, empty messages
+// and messages that begin with the frame's marker included.
+static void test_batch_burst_in_order(void **state)
+{
+	fixture *f = *state;
+	rb_bus_opts o = opts(1024 * 1024);
+	batch_rx sr = {0}, cr = {0};
+	events se = {0}, ce = {0};
+	rb_bus *srv, *cli;
+	char url[64];
+	int down, up;
+
+	o.batch = true;
+	make_url(url, sizeof(url));
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &srv), 0);
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &cli), 0);
+	rb_bus_on_pipe(srv, on_pipe, &se);
+	rb_bus_on_pipe(cli, on_pipe, &ce);
+	rb_bus_on_recv(srv, on_batch_recv, &sr);
+	rb_bus_on_recv(cli, on_batch_recv, &cr);
+	assert_int_equal(rb_bus_listen(srv, url), 0);
+	assert_int_equal(rb_bus_dial(cli, url), 0);
+	assert_true(run_until(&f->loop, &se.adds, 1, 3000));
+	assert_true(run_until(&f->loop, &ce.adds, 1, 3000));
+	down = send_mixed(srv, 20000);
+	up = send_mixed(cli, 3000);
+	assert_true(run_until(&f->loop, &cr.recvs, down, 20000));
+	assert_true(run_until(&f->loop, &sr.recvs, up, 20000));
+	run_for(&f->loop, 50);
+	assert_int_equal(cr.recvs, down);
+	assert_int_equal(cr.next, 20000);
+	assert_int_equal(cr.out_of_order, 0);
+	assert_int_equal(cr.empties, 20);
+	assert_int_equal(cr.zeros, 20);
+	assert_int_equal(cr.garbled, 0);
+	assert_int_equal(sr.recvs, up);
+	assert_int_equal(sr.next, 3000);
+	assert_int_equal(sr.out_of_order, 0);
+	assert_int_equal(sr.zeros, 3);
+	assert_int_equal(rb_bus_dropped(srv), 0);
+	assert_int_equal(rb_bus_dropped(cli), 0);
+	assert_int_equal(rb_bus_malformed(srv), 0);
+	assert_int_equal(rb_bus_malformed(cli), 0);
+	// One message a turn still goes at once, unpacked or not.
+	assert_int_equal(rb_bus_send(srv, text_msg("n20000")), 0);
+	assert_true(run_until(&f->loop, &cr.recvs, down + 1, 3000));
+	assert_int_equal(cr.next, 20001);
+	rb_bus_free(cli);
+	rb_bus_free(srv);
+}
+
+typedef struct {
+	int parts;
+	char text[512][8];
+} collected;
+
+static bool collect_part(const void *part, size_t len, void *arg)
+{
+	collected *c = arg;
+
+	if (c->parts < 512) {
+		size_t n = len < 7 ? len : 7;
+
+		memcpy(c->text[c->parts], part, n);
+		c->text[c->parts][n] = '\0';
+	}
+	c->parts++;
+	return true;
+}
+
+// Reads from a raw nng pair1 socket until want messages were unpacked or 3 s pass. Returns the
+// number of nng messages (frames or plain messages) it took; *first_byte is the last one's.
+static int raw_read(nng_socket s, collected *c, int want, int *first_byte)
+{
+	int frames = 0;
+
+	assert_int_equal(nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 3000), 0);
+	while (c->parts < want) {
+		nng_msg *m;
+
+		if (nng_recvmsg(s, &m, 0) != 0)
+			break;
+		frames++;
+		*first_byte = nng_msg_len(m) > 0 ? *(uint8_t *)nng_msg_body(m) : -1;
+		assert_true(rb_bus_unpack(nng_msg_body(m), nng_msg_len(m), collect_part, c) > 0);
+		nng_msg_free(m);
+	}
+	return frames;
+}
+
+// What a batch bus puts on the wire: what it was given in one turn as one frame, a marker and
+// length-prefixed messages, in order; a lone message as itself; a lone message that begins
+// with the marker framed, as a batch of one.
+static void test_batch_packs_one_turn(void **state)
+{
+	fixture *f = *state;
+	rb_bus_opts o = opts(1024 * 1024);
+	events ce = {0};
+	collected c = {0}, one = {0}, odd = {0};
+	nng_socket raw;
+	rb_bus *cli;
+	char url[64];
+	int first = 0, frames;
+
+	o.batch = true;
+	make_url(url, sizeof(url));
+	assert_int_equal(nng_pair1_open(&raw), 0);
+	assert_int_equal(nng_listen(raw, url, NULL, 0), 0);
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &cli), 0);
+	rb_bus_on_pipe(cli, on_pipe, &ce);
+	assert_int_equal(rb_bus_dial(cli, url), 0);
+	assert_true(run_until(&f->loop, &ce.adds, 1, 3000));
+	for (int i = 0; i < 200; i++) {
+		char buf[16];
+
+		snprintf(buf, sizeof(buf), "m%d", i);
+		assert_int_equal(rb_bus_send(cli, text_msg(buf)), 0);
+	}
+	run_for(&f->loop, 100);
+	frames = raw_read(raw, &c, 200, &first);
+	assert_int_equal(c.parts, 200);
+	assert_int_equal(frames, 1);
+	assert_int_equal(first, 0x00);
+	for (int i = 0; i < 200; i++) {
+		char want[16];
+
+		snprintf(want, sizeof(want), "m%d", i);
+		assert_string_equal(c.text[i], want);
+	}
+
+	assert_int_equal(rb_bus_send(cli, text_msg("plain")), 0);
+	run_for(&f->loop, 50);
+	assert_int_equal(raw_read(raw, &one, 1, &first), 1);
+	assert_int_equal(first, 'p');
+	assert_string_equal(one.text[0], "plain");
+
+	assert_int_equal(rb_bus_send(cli, bytes_msg("\0y", 2)), 0);
+	run_for(&f->loop, 50);
+	assert_int_equal(raw_read(raw, &odd, 1, &first), 1);
+	assert_int_equal(first, 0x00);
+	assert_int_equal(odd.parts, 1);
+	assert_int_equal(odd.text[0][0], '\0');
+	assert_int_equal(odd.text[0][1], 'y');
+	rb_bus_free(cli);
+	run_for(&f->loop, 10);
+	nng_close(raw);
+}
+
+static void raw_send(nng_socket s, const void *b, size_t n)
+{
+	nng_msg *m = bytes_msg(b, n);
+
+	assert_int_equal(nng_sendmsg(s, m, 0), 0);
+}
+
+// A malformed frame from a peer is refused whole and counted; the link stays up and what follows
+// is delivered.
+static void test_batch_refuses_malformed(void **state)
+{
+	fixture *f = *state;
+	rb_bus_opts o = opts(1024 * 1024);
+	events se = {0};
+	nng_socket raw;
+	rb_bus *srv;
+	char url[64];
+	static uint8_t too_many[1 + 4 * 257];
+	const uint8_t only_mark[] = {0};
+	const uint8_t past_end[] = {0, 0, 0, 0, 5, 'a'};
+	const uint8_t short_len[] = {0, 0, 0};
+	const uint8_t good[] = {0, 0, 0, 0, 3, 'o', 'k', '1', 0, 0, 0, 3, 'o', 'k', '2'};
+
+	o.batch = true;
+	make_url(url, sizeof(url));
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &srv), 0);
+	rb_bus_on_pipe(srv, on_pipe, &se);
+	rb_bus_on_recv(srv, on_recv, &se);
+	assert_int_equal(rb_bus_listen(srv, url), 0);
+	assert_int_equal(nng_pair1_open(&raw), 0);
+	assert_int_equal(nng_dial(raw, url, NULL, 0), 0);
+	assert_true(run_until(&f->loop, &se.adds, 1, 3000));
+	raw_send(raw, only_mark, sizeof(only_mark));
+	raw_send(raw, past_end, sizeof(past_end));
+	raw_send(raw, short_len, sizeof(short_len));
+	raw_send(raw, too_many, sizeof(too_many)); // 257 empty messages: more than a sender packs
+	raw_send(raw, good, sizeof(good));
+	raw_send(raw, "ok3", 3);
+	assert_true(run_until(&f->loop, &se.recvs, 3, 3000));
+	run_for(&f->loop, 100);
+	assert_int_equal(se.recvs, 3);
+	assert_string_equal(se.last, "ok3");
+	assert_int_equal(rb_bus_malformed(srv), 4);
+	assert_int_equal(se.removes, 0);
+	nng_close(raw);
+	run_for(&f->loop, 50);
+	rb_bus_free(srv);
+}
+
+static bool stop_after_two(const void *part, size_t len, void *arg)
+{
+	int *n = arg;
+
+	(void)part;
+	(void)len;
+	return ++*n < 2;
+}
+
+// The frame reader on its own, as tools that speak raw nng use it.
+static void test_unpack(void **state)
+{
+	const uint8_t three[] = {0, 0, 0, 0, 1, 'a', 0, 0, 0, 0, 0, 0, 0, 2, 'b', 'c'};
+	const uint8_t trailing[] = {0, 0, 0, 0, 1, 'a', 0, 0};
+	collected c = {0};
+	int seen = 0;
+
+	(void)state;
+	assert_int_equal(rb_bus_unpack("hello", 5, collect_part, &c), 1);
+	assert_string_equal(c.text[0], "hello");
+	assert_int_equal(rb_bus_unpack("", 0, NULL, NULL), 1);
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(rb_bus_unpack(three, sizeof(three), collect_part, &c), 3);
+	assert_int_equal(c.parts, 3);
+	assert_string_equal(c.text[0], "a");
+	assert_string_equal(c.text[1], "");
+	assert_string_equal(c.text[2], "bc");
+	// The count is of the whole frame, whether or not fn stops early.
+	assert_int_equal(rb_bus_unpack(three, sizeof(three), stop_after_two, &seen), 3);
+	assert_int_equal(seen, 2);
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(rb_bus_unpack(trailing, sizeof(trailing), collect_part, &c), RB_EDECODE);
+	assert_int_equal(c.parts, 0);
+	assert_int_equal(rb_bus_unpack(three, 1, collect_part, &c), RB_EDECODE);
+	assert_int_equal(c.parts, 0);
+}
+
 static void test_bad_args(void **state)
 {
 	fixture *f = *state;
@@ -837,6 +1146,10 @@ static void test_bad_args(void **state)
 	assert_int_equal(rb_bus_listen(b, "nonsense://x"), RB_EINVAL);
 	assert_int_equal(rb_bus_dial(b, "tcp://"), RB_EINVAL);
 	rb_bus_free(b);
+	// Batches are for message links, not request/reply.
+	o.batch = true;
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_REQ, &o, &b), RB_EINVAL);
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_REP, &o, &b), RB_EINVAL);
 }
 
 int main(void)
@@ -854,6 +1167,10 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_send_timeout_drops, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_free_cancels, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_tls, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_batch_burst_in_order, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_batch_packs_one_turn, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_batch_refuses_malformed, setup, teardown),
+	        cmocka_unit_test(test_unpack),
 	        cmocka_unit_test_setup_teardown(test_bad_args, setup, teardown),
 	};
 
