@@ -94,6 +94,7 @@ static int open_bus(server *s, const char *name, rb_bus_kind kind, rb_bus **out)
 	rb_bus_opts o = {
 	        .recv_max = RB_PB_MAX_SERVICE,
 	        .name = name,
+	        .batch = true, // service links: see docs/delivery.md, "Batches"
 	};
 	int rc = rb_bus_new(&s->svc.loop, kind, &o, out);
 	if (rc != 0) {

@@ -944,6 +944,7 @@ static int open_pair(broker *b, const char *name, rb_bus_kind kind, const char *
 	rb_bus_opts opts = {
 	        .recv_max = RB_PB_MAX_SERVICE,
 	        .name = name,
+	        .batch = true, // a service link: see docs/delivery.md, "Batches"
 	};
 	int rc = rb_bus_new(&b->svc.loop, kind, &opts, out);
 	if (rc != 0)

@@ -255,10 +255,12 @@ int presence_links_new(uv_loop_t *loop, presence_core *core, const char *token,
 	l->presence_id = presence_id;
 	l->after = after_fn;
 	l->after_arg = arg;
-	rb_bus_opts bo = {.recv_max = RB_PB_MAX_SERVICE, .name = "presence-broker"};
+	// Service links: see docs/delivery.md, "Batches".
+	rb_bus_opts bo = {.recv_max = RB_PB_MAX_SERVICE, .name = "presence-broker", .batch = true};
 	int rv = rb_bus_new(loop, RB_BUS_PAIR, &bo, &l->broker);
 	if (rv == 0) {
-		rb_bus_opts ao = {.recv_max = RB_PB_MAX_SERVICE, .name = "presence-auction"};
+		rb_bus_opts ao = {
+		        .recv_max = RB_PB_MAX_SERVICE, .name = "presence-auction", .batch = true};
 		rv = rb_bus_new(loop, RB_BUS_PAIR, &ao, &l->auction);
 	}
 	if (rv != 0) {

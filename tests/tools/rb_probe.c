@@ -23,6 +23,7 @@
 #include <nng/protocol/reqrep0/req.h>
 #include <sodium.h>
 
+#include "rb_bus.h"
 #include "rb_config.h"
 #include "rb_err.h"
 #include "rb_log.h"
@@ -1585,6 +1586,33 @@ static int run_script(const struct probe_opts *o)
 	_exit(0);
 }
 
+struct probe_read {
+	enum probe_kind answer;
+	bool pair;
+	bool done; // reply holds the answer
+	struct probe_reply reply;
+	int other; // messages read that were not the answer
+};
+
+static bool read_part(const void *part, size_t len, void *arg)
+{
+	struct probe_read *pr = arg;
+	struct probe_reply cur;
+
+	memset(&cur, 0, sizeof(cur));
+	cur.got = true;
+	cur.len = len;
+	bool is_error = decode_reply(pr->answer, part, len, &cur);
+	// A login is answered with a status carrying the token: that is the answer.
+	if (!pr->pair || is_error || cur.ack != NULL) {
+		pr->reply = cur;
+		pr->done = true;
+		return false;
+	}
+	pr->other++;
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	struct probe_opts o;
@@ -1673,18 +1701,19 @@ int main(int argc, char **argv)
 			continue;
 		if (rv != 0)
 			break;
-		struct probe_reply cur;
-		memset(&cur, 0, sizeof(cur));
-		cur.got = true;
-		cur.len = nng_msg_len(in);
-		bool is_error = decode_reply(o.answer, nng_msg_body(in), cur.len, &cur);
+		// A service link may pack several messages in one (rb_bus_unpack); each is read.
+		struct probe_read pr = {.answer = o.answer, .pair = o.pair};
+		int parts = rb_bus_unpack(nng_msg_body(in), nng_msg_len(in), read_part, &pr);
 		nng_msg_free(in);
-		// A login is answered with a status carrying the token: that is the answer.
-		if (!o.pair || is_error || cur.ack != NULL) {
-			r = cur;
+		other += pr.other;
+		if (parts < 0) {
+			fprintf(stderr, "rb_probe: a malformed batch frame arrived\n");
+			other++;
+		}
+		if (pr.done) {
+			r = pr.reply;
 			break;
 		}
-		other++;
 	}
 	print_result(len, &r, &pp, other, mono_ms() - start, NULL);
 	// No nng_close: in nng 1.5.2, closing a REQ socket that is still resending a multi-megabyte
