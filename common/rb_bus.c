@@ -12,6 +12,7 @@
 
 #include "rb_err.h"
 #include "rb_log.h"
+#include "ringbid.pb-c.h"
 
 // Sends in flight at once on a PAIR socket. Several keep a busy link streaming (each completion
 // costs a loop wake-up); a few are enough, since nng queues behind them per peer anyway.
@@ -27,15 +28,14 @@
 // (timers, other sockets, the database): a burst is handled in batches, never starving them.
 #define RECV_BATCH 128
 
-// A batch frame (buses with opts.batch): the byte BATCH_MARK, then each message as a 4-byte
-// big-endian length and its bytes. A message on such a bus never begins with BATCH_MARK
-// unframed: one that does, or is empty, travels as a batch of one. Protobuf encodings never
-// begin with a zero byte (field number 0 is invalid), so the envelopes of the service links
-// need no framing of their own. Written here rather than taken from a library: it is the
-// smallest framing nng's message boundaries allow, and nng has none for several messages.
-#define BATCH_MARK 0x00
-// At most this many messages, and this many bytes, in one batch: enough to carry a busy loop
-// turn's messages in a few frames, small enough that the peer starts on them promptly.
+// A batch (buses with opts.batch) is a protobuf Batch (proto/ringbid.proto): several messages as
+// the entries of its one repeated bytes field, number 2047, which Envelope reserves. So a batch
+// begins with that field's key, BATCH_KEY0 BATCH_KEY1, and an envelope never does; a message
+// that does (only raw bytes could) travels as a batch of one.
+#define BATCH_KEY0 0xFA // (2047 << 3 | 2) as a varint
+#define BATCH_KEY1 0x7F
+// At most this many messages, and about this many bytes, in one batch: enough to carry a busy
+// loop turn's messages in a few, small enough that the peer starts on them promptly.
 #define BATCH_MSGS  256
 #define BATCH_BYTES (256 * 1024)
 
@@ -134,7 +134,7 @@ struct rb_bus {
 	pipe_entry *pipes;
 	int peers;
 	uint64_t dropped;
-	uint64_t malformed; // batch frames refused
+	uint64_t malformed; // batches refused
 };
 
 static void list_add(bus_op **head, bus_op *op)
@@ -324,23 +324,30 @@ static send_item fifo_pop(rb_bus *bus)
 	return it;
 }
 
-// A message that cannot travel unframed on a batch bus: the receiver would read its first
-// byte as a frame's.
-static bool needs_frame(nng_msg *msg)
+static bool is_batch(const void *buf, size_t len)
 {
-	return nng_msg_len(msg) == 0 || *(const uint8_t *)nng_msg_body(msg) == BATCH_MARK;
+	const uint8_t *b = buf;
+
+	return len >= 2 && b[0] == BATCH_KEY0 && b[1] == BATCH_KEY1;
+}
+
+// A message that cannot travel alone on a batch bus: the receiver would take it for a batch.
+static bool needs_batch(nng_msg *msg)
+{
+	return is_batch(nng_msg_body(msg), nng_msg_len(msg));
 }
 
 // Takes what goes out next: the oldest queued message, or on a batch bus as many of the
-// oldest as fit in one frame. Messages that waited past the send timeout are dropped here (the
+// oldest as fit in one Batch. Messages that waited past the send timeout are dropped here (the
 // time in this queue counts against it). *age is how long the oldest one taken waited. NULL
 // when nothing was taken, or when the one message taken had to be dropped: either way the
 // queue is shorter than before.
 static nng_msg *fifo_take(rb_bus *bus, uint64_t now, uint64_t limit, uint64_t *age)
 {
-	size_t n = 1, bytes;
+	ProtobufCBinaryData parts[BATCH_MSGS];
+	Ringbid__Batch batch = RINGBID__BATCH__INIT;
+	size_t n = 0, bytes = 0;
 	nng_msg *frame;
-	uint8_t *p;
 
 	while (bus->fifo_len > 0) {
 		const send_item *it = fifo_at(bus, 0);
@@ -355,41 +362,36 @@ static nng_msg *fifo_take(rb_bus *bus, uint64_t now, uint64_t limit, uint64_t *a
 		return NULL;
 	if (!batching(bus))
 		return fifo_pop(bus).msg;
-	bytes = 1 + 4 + nng_msg_len(fifo_at(bus, 0)->msg);
+	// The first message always; then those that keep the batch within BATCH_BYTES (each entry
+	// costs its bytes, the key and at most 5 bytes of length).
 	while (n < bus->fifo_len && n < BATCH_MSGS) {
-		size_t next = 4 + nng_msg_len(fifo_at(bus, n)->msg);
+		nng_msg *m = fifo_at(bus, n)->msg;
+		size_t cost = 2 + 5 + nng_msg_len(m);
 
-		if (bytes + next > BATCH_BYTES)
+		if (n > 0 && bytes + cost > BATCH_BYTES)
 			break;
-		bytes += next;
+		parts[n].len = nng_msg_len(m);
+		parts[n].data = nng_msg_body(m);
+		bytes += cost;
 		n++;
 	}
-	if (n == 1 && !needs_frame(fifo_at(bus, 0)->msg))
+	if (n == 1 && !needs_batch(fifo_at(bus, 0)->msg))
 		return fifo_pop(bus).msg;
-	if (nng_msg_alloc(&frame, bytes) != 0) {
+	batch.n_envelopes = n;
+	batch.envelopes = parts;
+	if (nng_msg_alloc(&frame, ringbid__batch__get_packed_size(&batch)) != 0) {
 		send_item it = fifo_pop(bus);
 
-		if (!needs_frame(it.msg))
+		if (!needs_batch(it.msg))
 			return it.msg;
-		rb_warn("bus %s: out of memory framing a message: dropped", bus->name);
+		rb_warn("bus %s: out of memory packing a batch: a message dropped", bus->name);
 		nng_msg_free(it.msg);
 		bus->dropped++;
 		return NULL;
 	}
-	p = nng_msg_body(frame);
-	*p++ = BATCH_MARK;
-	for (size_t i = 0; i < n; i++) {
-		nng_msg *m = fifo_pop(bus).msg;
-		size_t len = nng_msg_len(m);
-
-		p[0] = (uint8_t)(len >> 24);
-		p[1] = (uint8_t)(len >> 16);
-		p[2] = (uint8_t)(len >> 8);
-		p[3] = (uint8_t)len;
-		memcpy(p + 4, nng_msg_body(m), len);
-		p += 4 + len;
-		nng_msg_free(m);
-	}
+	ringbid__batch__pack(&batch, nng_msg_body(frame));
+	for (size_t i = 0; i < n; i++)
+		nng_msg_free(fifo_pop(bus).msg);
 	return frame;
 }
 
@@ -498,44 +500,32 @@ static bool deliver_one(rb_bus *bus, nng_msg *msg)
 	return !bus->closing;
 }
 
-static uint32_t get_u32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
 int rb_bus_unpack(const void *buf, size_t len, rb_bus_part_fn fn, void *arg)
 {
-	const uint8_t *body = buf;
-	const uint8_t *end = body + len;
-	int n = 0;
+	Ringbid__Batch *batch;
+	int n;
 
-	if (len == 0 || body[0] != BATCH_MARK) {
+	if (!is_batch(buf, len)) {
 		if (fn != NULL)
 			fn(buf, len, arg);
 		return 1;
 	}
-	// The whole frame is checked before any of it is handed on: a malformed one (a length
-	// past its end, no message at all, more than a sender ever packs) yields nothing.
-	for (const uint8_t *q = body + 1; q < end; n++) {
-		uint32_t part;
-
-		if (end - q < 4 || n == BATCH_MSGS)
-			return RB_EDECODE;
-		part = get_u32(q);
-		q += 4;
-		if (part > (size_t)(end - q))
-			return RB_EDECODE;
-		q += part;
-	}
-	if (n == 0)
+	// protobuf-c decodes the whole batch before any of it is handed on: a malformed one (a
+	// length past its end, a broken varint, more messages than a sender ever packs) yields
+	// nothing.
+	batch = ringbid__batch__unpack(NULL, len, buf);
+	if (batch == NULL)
 		return RB_EDECODE;
-	for (const uint8_t *q = body + 1; q < end && fn != NULL;) {
-		uint32_t part = get_u32(q);
-
-		if (!fn(q + 4, part, arg))
-			break;
-		q += 4 + part;
+	if (batch->n_envelopes == 0 || batch->n_envelopes > BATCH_MSGS) {
+		ringbid__batch__free_unpacked(batch, NULL);
+		return RB_EDECODE;
 	}
+	n = (int)batch->n_envelopes;
+	for (size_t i = 0; i < batch->n_envelopes && fn != NULL; i++) {
+		if (!fn(batch->envelopes[i].data, batch->envelopes[i].len, arg))
+			break;
+	}
+	ringbid__batch__free_unpacked(batch, NULL);
 	return n;
 }
 
@@ -554,7 +544,8 @@ static bool deliver_part(const void *part, size_t len, void *arg)
 		rb_error("bus %s: out of memory unpacking a batch: the rest is lost", u->bus->name);
 		return false;
 	}
-	memcpy(nng_msg_body(m), part, len);
+	if (len > 0) // an empty entry has no data at all
+		memcpy(nng_msg_body(m), part, len);
 	nng_msg_set_pipe(m, u->pipe);
 	if (!deliver_one(u->bus, m)) {
 		u->freed = true;
@@ -563,15 +554,15 @@ static bool deliver_part(const void *part, size_t len, void *arg)
 	return true;
 }
 
-// A batch frame: each of its messages is delivered as an nng message of its own, from the
-// frame's peer; a malformed frame changes nothing and is only counted.
+// A batch: each of its messages is delivered as an nng message of its own, from the batch's
+// peer; a malformed batch changes nothing and is only counted.
 static bool deliver_batch(rb_bus *bus, nng_msg *frame)
 {
 	unpack_ctx u = {.bus = bus, .pipe = nng_msg_get_pipe(frame)};
 
 	if (rb_bus_unpack(nng_msg_body(frame), nng_msg_len(frame), deliver_part, &u) < 0) {
 		bus->malformed++;
-		rb_warn("bus %s: malformed batch frame of %zu bytes refused", bus->name,
+		rb_warn("bus %s: malformed batch of %zu bytes refused", bus->name,
 		        nng_msg_len(frame));
 	}
 	nng_msg_free(frame);
@@ -580,8 +571,7 @@ static bool deliver_batch(rb_bus *bus, nng_msg *frame)
 
 static bool deliver(rb_bus *bus, nng_msg *msg)
 {
-	if (bus->opts.batch && nng_msg_len(msg) > 0 &&
-	    *(const uint8_t *)nng_msg_body(msg) == BATCH_MARK)
+	if (bus->opts.batch && is_batch(nng_msg_body(msg), nng_msg_len(msg)))
 		return deliver_batch(bus, msg);
 	return deliver_one(bus, msg);
 }

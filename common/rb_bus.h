@@ -88,15 +88,16 @@ nng_pipe rb_bus_req_pipe(const rb_bus_req *req);
 int rb_bus_peers(const rb_bus *bus);
 // Messages dropped because they could not be sent in time.
 uint64_t rb_bus_dropped(const rb_bus *bus);
-// Batch frames refused as malformed (buses with opts.batch).
+// Batches refused as malformed (buses with opts.batch).
 uint64_t rb_bus_malformed(const rb_bus *bus);
 
 // Called for each message unpacked, in order; returns false to stop.
 typedef bool (*rb_bus_part_fn)(const void *part, size_t len, void *arg);
 // For whoever reads a batch link without a bus (tools and tests speaking raw nng): walks what
 // one nng message carried (its body, len bytes). A plain message is one part, itself; a batch
-// frame is checked whole and then each of its messages is passed to fn (NULL: only counted).
-// Returns the number of messages, or RB_EDECODE for a malformed frame, without calling fn.
+// (a protobuf Batch, docs/delivery.md) is decoded whole and then each of its messages is passed
+// to fn (NULL: only counted). Returns the number of messages, or RB_EDECODE for a malformed
+// batch, without calling fn.
 int rb_bus_unpack(const void *buf, size_t len, rb_bus_part_fn fn, void *arg);
 
 // Closes the socket, cancels pending work (REQ callbacks get RB_ECLOSED, before this returns),

@@ -827,13 +827,13 @@ static void test_tls(void **state)
 // --- batch links ------------------------------------------------------------------------------
 
 // Receives a batch link's traffic: numbered "n<i>" messages must come in order, and the odd
-// ones a frame must carry (empty, or starting with a zero byte) must come intact.
+// ones (empty, or beginning with a batch's own first bytes) must come intact.
 typedef struct {
 	int recvs;
 	int next;
 	int out_of_order;
 	int empties;
-	int zeros; // "\0z" arrived intact
+	int keyed; // "\xfa\x7fz" arrived intact
 	int garbled;
 } batch_rx;
 
@@ -847,9 +847,9 @@ static void on_batch_recv(rb_bus *bus, nng_msg *msg, void *arg)
 	r->recvs++;
 	if (len == 0) {
 		r->empties++;
-	} else if (body[0] == '\0') {
-		if (len == 2 && body[1] == 'z')
-			r->zeros++;
+	} else if ((uint8_t)body[0] == 0xfa) {
+		if (len == 3 && (uint8_t)body[1] == 0x7f && body[2] == 'z')
+			r->keyed++;
 		else
 			r->garbled++;
 	} else if (body[0] == 'n') {
@@ -877,7 +877,7 @@ static nng_msg *bytes_msg(const void *b, size_t n)
 	return m;
 }
 
-// Sends count numbered messages, with an empty one and a "\0z" after every 1,000th.
+// Sends count numbered messages, with an empty one and a "\xfa\x7fz" after every 1,000th.
 static int send_mixed(rb_bus *bus, int count)
 {
 	int sent = 0;
@@ -890,7 +890,7 @@ static int send_mixed(rb_bus *bus, int count)
 		sent++;
 		if (i % 1000 == 999) {
 			assert_int_equal(rb_bus_send(bus, bytes_msg(NULL, 0)), 0);
-			assert_int_equal(rb_bus_send(bus, bytes_msg("\0z", 2)), 0);
+			assert_int_equal(rb_bus_send(bus, bytes_msg("\xfa\x7fz", 3)), 0);
 			sent += 2;
 		}
 	}
@@ -898,7 +898,7 @@ static int send_mixed(rb_bus *bus, int count)
 }
 
 // Two batch buses: a burst sent in one turn each way arrives whole and in order, empty messages
-// and messages that begin with the frame's marker included.
+// and messages that begin with a batch's key included.
 static void test_batch_burst_in_order(void **state)
 {
 	fixture *f = *state;
@@ -930,12 +930,12 @@ static void test_batch_burst_in_order(void **state)
 	assert_int_equal(cr.next, 20000);
 	assert_int_equal(cr.out_of_order, 0);
 	assert_int_equal(cr.empties, 20);
-	assert_int_equal(cr.zeros, 20);
+	assert_int_equal(cr.keyed, 20);
 	assert_int_equal(cr.garbled, 0);
 	assert_int_equal(sr.recvs, up);
 	assert_int_equal(sr.next, 3000);
 	assert_int_equal(sr.out_of_order, 0);
-	assert_int_equal(sr.zeros, 3);
+	assert_int_equal(sr.keyed, 3);
 	assert_int_equal(rb_bus_dropped(srv), 0);
 	assert_int_equal(rb_bus_dropped(cli), 0);
 	assert_int_equal(rb_bus_malformed(srv), 0);
@@ -960,7 +960,8 @@ static bool collect_part(const void *part, size_t len, void *arg)
 	if (c->parts < 512) {
 		size_t n = len < 7 ? len : 7;
 
-		memcpy(c->text[c->parts], part, n);
+		if (n > 0)
+			memcpy(c->text[c->parts], part, n);
 		c->text[c->parts][n] = '\0';
 	}
 	c->parts++;
@@ -968,7 +969,7 @@ static bool collect_part(const void *part, size_t len, void *arg)
 }
 
 // Reads from a raw nng pair1 socket until want messages were unpacked or 3 s pass. Returns the
-// number of nng messages (frames or plain messages) it took; *first_byte is the last one's.
+// number of nng messages (batches or plain messages) it took; *first_byte is the last one's.
 static int raw_read(nng_socket s, collected *c, int want, int *first_byte)
 {
 	int frames = 0;
@@ -987,9 +988,9 @@ static int raw_read(nng_socket s, collected *c, int want, int *first_byte)
 	return frames;
 }
 
-// What a batch bus puts on the wire: what it was given in one turn as one frame, a marker and
-// length-prefixed messages, in order; a lone message as itself; a lone message that begins
-// with the marker framed, as a batch of one.
+// What a batch bus puts on the wire: what it was given in one turn as one protobuf Batch, its
+// messages in order; a lone message as itself; a lone message that begins with a batch's key
+// as a batch of one.
 static void test_batch_packs_one_turn(void **state)
 {
 	fixture *f = *state;
@@ -1019,7 +1020,7 @@ static void test_batch_packs_one_turn(void **state)
 	frames = raw_read(raw, &c, 200, &first);
 	assert_int_equal(c.parts, 200);
 	assert_int_equal(frames, 1);
-	assert_int_equal(first, 0x00);
+	assert_int_equal(first, 0xfa);
 	for (int i = 0; i < 200; i++) {
 		char want[16];
 
@@ -1033,13 +1034,12 @@ static void test_batch_packs_one_turn(void **state)
 	assert_int_equal(first, 'p');
 	assert_string_equal(one.text[0], "plain");
 
-	assert_int_equal(rb_bus_send(cli, bytes_msg("\0y", 2)), 0);
+	assert_int_equal(rb_bus_send(cli, bytes_msg("\xfa\x7fy", 3)), 0);
 	run_for(&f->loop, 50);
 	assert_int_equal(raw_read(raw, &odd, 1, &first), 1);
-	assert_int_equal(first, 0x00);
+	assert_int_equal(first, 0xfa);
 	assert_int_equal(odd.parts, 1);
-	assert_int_equal(odd.text[0][0], '\0');
-	assert_int_equal(odd.text[0][1], 'y');
+	assert_string_equal(odd.text[0], "\xfa\x7fy");
 	rb_bus_free(cli);
 	run_for(&f->loop, 10);
 	nng_close(raw);
@@ -1052,7 +1052,7 @@ static void raw_send(nng_socket s, const void *b, size_t n)
 	assert_int_equal(nng_sendmsg(s, m, 0), 0);
 }
 
-// A malformed frame from a peer is refused whole and counted; the link stays up and what follows
+// A malformed batch from a peer is refused whole and counted; the link stays up and what follows
 // is delivered.
 static void test_batch_refuses_malformed(void **state)
 {
@@ -1062,11 +1062,12 @@ static void test_batch_refuses_malformed(void **state)
 	nng_socket raw;
 	rb_bus *srv;
 	char url[64];
-	static uint8_t too_many[1 + 4 * 257];
-	const uint8_t only_mark[] = {0};
-	const uint8_t past_end[] = {0, 0, 0, 0, 5, 'a'};
-	const uint8_t short_len[] = {0, 0, 0};
-	const uint8_t good[] = {0, 0, 0, 0, 3, 'o', 'k', '1', 0, 0, 0, 3, 'o', 'k', '2'};
+	static uint8_t too_many[3 * 257];
+	const uint8_t only_key[] = {0xfa, 0x7f};
+	const uint8_t past_end[] = {0xfa, 0x7f, 5, 'a'};
+	const uint8_t bad_varint[] = {0xfa, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff,
+	                              0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+	const uint8_t good[] = {0xfa, 0x7f, 3, 'o', 'k', '1', 0xfa, 0x7f, 3, 'o', 'k', '2'};
 
 	o.batch = true;
 	make_url(url, sizeof(url));
@@ -1077,10 +1078,14 @@ static void test_batch_refuses_malformed(void **state)
 	assert_int_equal(nng_pair1_open(&raw), 0);
 	assert_int_equal(nng_dial(raw, url, NULL, 0), 0);
 	assert_true(run_until(&f->loop, &se.adds, 1, 3000));
-	raw_send(raw, only_mark, sizeof(only_mark));
+	for (int i = 0; i < 257; i++) { // 257 empty messages: more than a sender packs
+		too_many[3 * i] = 0xfa;
+		too_many[3 * i + 1] = 0x7f;
+	}
+	raw_send(raw, only_key, sizeof(only_key));
 	raw_send(raw, past_end, sizeof(past_end));
-	raw_send(raw, short_len, sizeof(short_len));
-	raw_send(raw, too_many, sizeof(too_many)); // 257 empty messages: more than a sender packs
+	raw_send(raw, bad_varint, sizeof(bad_varint));
+	raw_send(raw, too_many, sizeof(too_many));
 	raw_send(raw, good, sizeof(good));
 	raw_send(raw, "ok3", 3);
 	assert_true(run_until(&f->loop, &se.recvs, 3, 3000));
@@ -1103,11 +1108,11 @@ static bool stop_after_two(const void *part, size_t len, void *arg)
 	return ++*n < 2;
 }
 
-// The frame reader on its own, as tools that speak raw nng use it.
+// The batch reader on its own, as tools that speak raw nng use it.
 static void test_unpack(void **state)
 {
-	const uint8_t three[] = {0, 0, 0, 0, 1, 'a', 0, 0, 0, 0, 0, 0, 0, 2, 'b', 'c'};
-	const uint8_t trailing[] = {0, 0, 0, 0, 1, 'a', 0, 0};
+	const uint8_t three[] = {0xfa, 0x7f, 1, 'a', 0xfa, 0x7f, 0, 0xfa, 0x7f, 2, 'b', 'c'};
+	const uint8_t trailing[] = {0xfa, 0x7f, 1, 'a', 0xfa, 0x7f, 4, 'x'};
 	collected c = {0};
 	int seen = 0;
 
@@ -1127,8 +1132,10 @@ static void test_unpack(void **state)
 	memset(&c, 0, sizeof(c));
 	assert_int_equal(rb_bus_unpack(trailing, sizeof(trailing), collect_part, &c), RB_EDECODE);
 	assert_int_equal(c.parts, 0);
-	assert_int_equal(rb_bus_unpack(three, 1, collect_part, &c), RB_EDECODE);
+	assert_int_equal(rb_bus_unpack(three, 2, collect_part, &c), RB_EDECODE);
 	assert_int_equal(c.parts, 0);
+	// Not a batch: one byte of its key is not enough.
+	assert_int_equal(rb_bus_unpack(three, 1, collect_part, &c), 1);
 }
 
 static void test_bad_args(void **state)
