@@ -119,7 +119,6 @@ struct rb_bus {
 
 	bus_op recv_op;
 	bus_op send_ops[SEND_POOL];
-	int sends_busy;  // send_ops with an nng_send_aio outstanding
 	send_item *fifo; // ring of queued sends
 	size_t fifo_cap, fifo_head, fifo_len;
 
@@ -404,35 +403,26 @@ static bus_op *idle_send_op(rb_bus *bus)
 	return NULL;
 }
 
-// Sends what is queued, in order. With nothing in flight, a PAIR socket whose peer is ready
-// for a message takes it at once (pair1 hands it to the connection on this thread), so the
-// send costs no aio completion and no loop wake-up, which are most of what a message costs;
-// otherwise nng says EAGAIN and the message goes by aio, as everything behind it then does
-// until the aios are done, which keeps the order. Only on PAIR: a polyamorous socket's
-// per-peer queue drops instead of refusing. Neither kind has a send buffer (NNG_OPT_SENDBUF
-// 0), so no message is ever held for a peer that is not there.
+// Sends what is queued, in order, on the idle ops of the pool (nng queues them per peer in the
+// order they were started).
+//
+// Handing a message straight to nng_sendmsg(NNG_FLAG_NONBLOCK) when nothing is in flight was
+// measured and left out: it saves the send's completion wake-up, but with it every hop between
+// the services was slower at low load (docs/performance.md, "What changed: batches between
+// services").
 static void send_pump(rb_bus *bus)
 {
 	uint64_t now = uv_now(bus->loop);
 	uint64_t limit = (uint64_t)bus->opts.send_timeout_ms;
+	bus_op *op;
 
-	while (bus->fifo_len > 0) {
-		bool direct = bus->kind == RB_BUS_PAIR && bus->sends_busy == 0;
-		bus_op *op = direct ? NULL : idle_send_op(bus);
+	while (bus->fifo_len > 0 && (op = idle_send_op(bus)) != NULL) {
 		uint64_t age = 0;
-		nng_msg *msg;
+		nng_msg *msg = fifo_take(bus, now, limit, &age);
 
-		if (!direct && op == NULL)
-			return;
-		if ((msg = fifo_take(bus, now, limit, &age)) == NULL)
+		if (msg == NULL)
 			continue;
-		if (direct) {
-			if (nng_sendmsg(bus->sock, msg, NNG_FLAG_NONBLOCK) == 0)
-				continue;
-			op = idle_send_op(bus);
-		}
 		op->busy = true;
-		bus->sends_busy++;
 		nng_aio_set_msg(op->aio, msg);
 		nng_aio_set_timeout(op->aio, (nng_duration)(limit - age));
 		nng_send_aio(bus->sock, op->aio);
@@ -617,7 +607,6 @@ static void handle_send(rb_bus *bus, bus_op *op)
 	int rv = nng_aio_result(op->aio);
 
 	op->busy = false;
-	bus->sends_busy--;
 	if (rv != 0) {
 		nng_msg *msg = nng_aio_get_msg(op->aio);
 
