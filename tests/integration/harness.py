@@ -580,7 +580,25 @@ class Stack:
             args += ["--skills", ",".join(skills)]
         if score is not None:
             args += ["--score", str(score)]
-        return self.ringbid_ok(*args)
+        logs = self._presence_logs() if self.service_alive("presence") else []
+        marks = {path: os.path.getsize(path) for path in logs}
+        out = self.ringbid_ok(*args)
+        # Presence loads a new agent when PostgreSQL notifies it; a login that starts before
+        # that is checked against no secret and refused, as for an unknown agent. Wait (a
+        # while, quietly) until every running presence instance has it.
+        needle = re.compile(r'"roster: agent reloaded","agent_id":%d[,}]' % int(aid))
+        deadline = time.monotonic() + 10.0
+        for path, off in marks.items():
+            while time.monotonic() < deadline:
+                with open(path, errors="replace") as f:
+                    f.seek(off)
+                    if needle.search(f.read()):
+                        break
+                time.sleep(0.05)
+        return out
+
+    def _presence_logs(self):
+        return sorted(glob.glob(os.path.join(self.home, "log", "presence*.log")))
 
     def start_agent(self, aid, *flags, secret="s3cret-pass", wait="auto", timeout=15.0):
         """Starts a client. wait: "auto" waits for AVAILABLE (or NOT_READY with --no-ready),

@@ -39,6 +39,10 @@ def close(a, b, eps=0.006):
 
 
 def pause(a):
+    # `ringbid call` returns when the broker has the hang-up; presence hears of it a moment
+    # later, and refuses a pause while the agent is still on the call.
+    wait_until(lambda: a.state() in ("AVAILABLE", "NOT_READY"), 10,
+               "agent %d off its last call" % a.agent_id)
     m = a.mark()
     a.send("pause")
     a.wait_state("NOT_READY", after=m)
