@@ -114,6 +114,18 @@ write("journal", "torn_tail", record(journal_call) + record(cdr_entry)[:-3])
 write("journal", "bad_crc", record(journal_call) + struct.pack("<II", 3, 0) + b"abc")
 write("journal", "empty", b"")
 
+# --- batch: what a link between services carries, one envelope or a Batch of them -------------
+def batch(*envs):
+    return b"".join(fb(2047, e) for e in envs)
+
+
+env_enqueue = fb(1, TOKEN) + fb(10, fb(1, "c-1") + fb(2, "p") + fb(3, "en"))
+env_dequeue = fb(1, TOKEN) + fb(11, fb(1, "c-1") + fv(2, 42))
+write("batch", "one_envelope", env_enqueue)
+write("batch", "two_in_a_batch", batch(env_enqueue, env_dequeue))
+write("batch", "empty_entry", batch(b"", env_dequeue))
+write("batch", "truncated", batch(env_enqueue, env_dequeue)[:-4])
+
 # --- text: selector byte, then the text ---------------------------------------------------
 write("text", "bearer", b"\x00Bearer " + b"ab" * 32)
 write("text", "period", b"\x012026-11-23")
