@@ -1586,6 +1586,45 @@ static int run_script(const struct probe_opts *o)
 	_exit(0);
 }
 
+static void recv_done(void *arg)
+{
+	__atomic_store_n((int *)arg, 1, __ATOMIC_SEQ_CST);
+}
+
+// One receive, until deadline (mono_ms) or 300 ms after the peer dropped the connection (a
+// service that drops it will not answer, and a REQ socket would only redial and resend the
+// same refused message). One operation with all the time left, not a series of short ones: a
+// REQ socket abandons its request when a receive times out or is cancelled.
+static int recv_until(nng_socket sock, uint64_t deadline, const struct probe_pipes *pp,
+                      nng_msg **out)
+{
+	uint64_t now = mono_ms(), closed_seen = 0;
+	int done = 0, rv;
+	nng_aio *aio;
+
+	if (now >= deadline)
+		return NNG_ETIMEDOUT;
+	if ((rv = nng_aio_alloc(&aio, recv_done, &done)) != 0)
+		return rv;
+	nng_aio_set_timeout(aio, (nng_duration)(deadline - now));
+	nng_recv_aio(sock, aio);
+	while (!__atomic_load_n(&done, __ATOMIC_SEQ_CST)) {
+		now = mono_ms();
+		if (__atomic_load_n(&pp->removed, __ATOMIC_SEQ_CST) > 0) {
+			if (closed_seen == 0)
+				closed_seen = now;
+			else if (now - closed_seen >= 300)
+				nng_aio_cancel(aio);
+		}
+		usleep(5000);
+	}
+	rv = nng_aio_result(aio);
+	if (rv == 0)
+		*out = nng_aio_get_msg(aio);
+	nng_aio_free(aio);
+	return rv;
+}
+
 struct probe_read {
 	enum probe_kind answer;
 	bool pair;
@@ -1680,25 +1719,9 @@ int main(int argc, char **argv)
 	// A pair peer may speak first (a broker sends CallSync, an auction SnapshotRequest, to
 	// whoever connects): keep reading until an ErrorReply or the deadline.
 	uint64_t deadline = start + (uint64_t)o.timeout_ms;
-	uint64_t closed_seen = 0;
 	for (;;) {
-		uint64_t now = mono_ms();
-		if (now >= deadline)
-			break;
-		// A service that drops the connection will not answer: stop soon after (a REQ
-		// socket would only redial and resend the same refused message).
-		if (__atomic_load_n(&pp.removed, __ATOMIC_SEQ_CST) > 0) {
-			if (closed_seen == 0)
-				closed_seen = now;
-			else if (now - closed_seen >= 300)
-				break;
-		}
-		uint64_t slice = deadline - now < 100 ? deadline - now : 100;
-		nng_socket_set_ms(sock, NNG_OPT_RECVTIMEO, (nng_duration)slice);
 		nng_msg *in = NULL;
-		rv = nng_recvmsg(sock, &in, 0);
-		if (rv == NNG_ETIMEDOUT)
-			continue;
+		rv = recv_until(sock, deadline, &pp, &in);
 		if (rv != 0)
 			break;
 		// A service link may pack several messages in one (rb_bus_unpack); each is read.
