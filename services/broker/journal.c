@@ -175,9 +175,12 @@ static void idle_cb(uv_idle_t *h)
 	(void)h;
 }
 
+// Records wait for the end of the loop turn. Only when they can go then: while a group is being
+// written and synced, what comes meanwhile goes when it completes (inflight_done wakes again),
+// and an idle handle active all that time would spin the loop through every fdatasync.
 static void wake(broker_journal *j)
 {
-	if (j->started && !j->closing && !uv_is_active((uv_handle_t *)&j->idle))
+	if (j->started && !j->closing && !j->busy && !uv_is_active((uv_handle_t *)&j->idle))
 		uv_idle_start(&j->idle, idle_cb);
 }
 
