@@ -24,6 +24,12 @@
 // accumulated in one turn. It holds pointers only: messages are still capped by recv_max.
 #define RECV_BUF 256
 
+// Messages a polyamorous socket buffers on their way to their peers' pipes (NNG_OPT_SENDBUF),
+// so that rb_bus_send hands them over without waiting (see there). nng drains it as fast as it
+// reaches the pipes; a peer whose own queue is full loses the message either way (pair1 poly
+// drops rather than block the others).
+#define POLY_SEND_BUF 1024
+
 // Messages one wake-up takes from a PAIR socket before the loop attends to its other handles
 // (timers, other sockets, the database): a burst is handled in batches, never starving them.
 #define RECV_BATCH 128
@@ -392,6 +398,15 @@ static nng_msg *fifo_take(rb_bus *bus, uint64_t now, uint64_t limit, uint64_t *a
 	for (size_t i = 0; i < n; i++)
 		nng_msg_free(fifo_pop(bus).msg);
 	return frame;
+}
+
+static bool send_in_flight(const rb_bus *bus)
+{
+	for (int i = 0; i < SEND_POOL; i++) {
+		if (bus->send_ops[i].busy)
+			return true;
+	}
+	return false;
 }
 
 static bus_op *idle_send_op(rb_bus *bus)
@@ -995,6 +1010,9 @@ int rb_bus_new(uv_loop_t *loop, rb_bus_kind kind, const rb_bus_opts *opts, rb_bu
 		if ((rv = nng_socket_set_int(bus->sock, NNG_OPT_RECVBUF, RECV_BUF)) != 0 &&
 		    rv != NNG_ENOTSUP)
 			goto fail;
+		if (kind == RB_BUS_PAIR_POLY &&
+		    (rv = nng_socket_set_int(bus->sock, NNG_OPT_SENDBUF, POLY_SEND_BUF)) != 0)
+			goto fail;
 		if ((rv = nng_aio_alloc(&bus->recv_op.aio, aio_done, &bus->recv_op)) != 0)
 			goto fail;
 		bus->recv_op.bus = bus;
@@ -1163,6 +1181,13 @@ int rb_bus_send(rb_bus *bus, nng_msg *msg)
 		nng_msg_free(msg);
 		return RB_ECLOSED;
 	}
+	// A polyamorous socket takes a message into its send buffer at once (pair1 poly only
+	// queues it there for the peer's pipe), so when nothing of ours waits ahead of it, it is
+	// handed over on this thread: no send completion, no loop wake-up per message. A full
+	// buffer (or any refusal) leaves it to the queue below, behind which later ones wait.
+	if (bus->kind == RB_BUS_PAIR_POLY && bus->fifo_len == 0 && !send_in_flight(bus) &&
+	    nng_sendmsg(bus->sock, msg, NNG_FLAG_NONBLOCK) == 0)
+		return 0;
 	if ((rv = fifo_push(bus, msg)) != 0) {
 		nng_msg_free(msg);
 		bus->dropped++;

@@ -599,6 +599,67 @@ static void test_burst_in_order(void **state)
 	rb_bus_free(poly);
 }
 
+static void send_numbered_to(rb_bus *bus, nng_pipe pipe, int from, int count)
+{
+	for (int i = from; i < from + count; i++) {
+		char buf[16];
+		nng_msg *m;
+
+		snprintf(buf, sizeof(buf), "n%d", i);
+		m = text_msg(buf);
+		nng_msg_set_pipe(m, pipe);
+		assert_int_equal(rb_bus_send(bus, m), 0);
+	}
+}
+
+// A polyamorous socket sends each message to the peer it names, in order, two at a time to
+// each of three peers in one loop turn (as presence pushes an event and a status together),
+// round after round; freeing it with messages still in its send buffer leaves nothing behind.
+static void test_poly_sends_to_each_peer(void **state)
+{
+	fixture *f = *state;
+	rb_bus_opts o = opts(4096);
+	events se = {0};
+	burst got[3] = {{0}};
+	rb_bus *srv, *peers[3];
+	char url[64];
+	const int rounds = 300;
+
+	make_url(url, sizeof(url));
+	assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR_POLY, &o, &srv), 0);
+	rb_bus_on_pipe(srv, on_pipe, &se);
+	assert_int_equal(rb_bus_listen(srv, url), 0);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(rb_bus_new(&f->loop, RB_BUS_PAIR, &o, &peers[i]), 0);
+		rb_bus_on_recv(peers[i], on_burst_recv, &got[i]);
+		rb_bus_on_pipe(peers[i], on_burst_pipe, &got[i]);
+		assert_int_equal(rb_bus_dial(peers[i], url), 0);
+		assert_true(run_until(&f->loop, &se.adds, i + 1, 3000));
+		assert_true(run_until(&f->loop, &got[i].adds, 1, 3000));
+	}
+	for (int r = 0; r < rounds; r++) {
+		int want = 2 * (r + 1);
+
+		for (int i = 0; i < 3; i++)
+			send_numbered_to(srv, se.added_pipe[i], 2 * r, 2);
+		for (int i = 0; i < 3; i++)
+			assert_true(run_until(&f->loop, &got[i].recvs, want, 3000));
+	}
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(got[i].recvs, 2 * rounds);
+		assert_int_equal(got[i].next[0], 2 * rounds);
+		assert_int_equal(got[i].out_of_order, 0);
+		assert_int_equal(got[i].unannounced, 0);
+	}
+	assert_int_equal(rb_bus_dropped(srv), 0);
+	// Freed at once: what is still in nng's buffers is released with the socket.
+	send_numbered_to(srv, se.added_pipe[0], 2 * rounds, 200);
+	rb_bus_free(srv);
+	run_for(&f->loop, 100);
+	for (int i = 0; i < 3; i++)
+		rb_bus_free(peers[i]);
+}
+
 // The receive callback may free its bus in the middle of a burst: nothing more is delivered and
 // the messages still buffered are released.
 //
@@ -1169,6 +1230,7 @@ int main(void)
 	        cmocka_unit_test_setup_teardown(test_req_timeout, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_echo_many, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_burst_in_order, setup, teardown),
+	        cmocka_unit_test_setup_teardown(test_poly_sends_to_each_peer, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_free_during_burst, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_recv_max, setup, teardown),
 	        cmocka_unit_test_setup_teardown(test_send_timeout_drops, setup, teardown),
