@@ -125,6 +125,7 @@ struct rb_bus {
 
 	bus_op recv_op;
 	bus_op send_ops[SEND_POOL];
+	nng_aio *now_aio; // PAIR kinds: operations that complete at once or not at all (try_send)
 	send_item *fifo; // ring of queued sends
 	size_t fifo_cap, fifo_head, fifo_len;
 
@@ -400,6 +401,39 @@ static nng_msg *fifo_take(rb_bus *bus, uint64_t now, uint64_t limit, uint64_t *a
 	return frame;
 }
 
+// nng_sendmsg and nng_recvmsg with NNG_FLAG_NONBLOCK, on an aio of the bus's own: those two set
+// up an aio of their own on each call, and nng 1.5.2 draws a random number from the kernel for
+// every aio it sets up (a getrandom system call, about a dozen per call in presence). With a
+// zero timeout nng completes the operation, or fails it with NNG_ETIMEDOUT, before
+// nng_send_aio or nng_recv_aio returns, and an aio without a callback completes on the calling
+// thread, so the wait never blocks the loop.
+static int try_send(rb_bus *bus, nng_msg *msg)
+{
+	int rv;
+
+	nng_aio_set_msg(bus->now_aio, msg);
+	nng_aio_set_timeout(bus->now_aio, NNG_DURATION_ZERO);
+	nng_send_aio(bus->sock, bus->now_aio);
+	nng_aio_wait(bus->now_aio);
+	rv = nng_aio_result(bus->now_aio);
+	nng_aio_set_msg(bus->now_aio, NULL); // on failure the message is still the caller's
+	return rv;
+}
+
+// Returns 0 with *msg, NNG_ETIMEDOUT when nothing is waiting, or nng's error.
+static int try_recv(rb_bus *bus, nng_msg **msg)
+{
+	int rv;
+
+	nng_aio_set_timeout(bus->now_aio, NNG_DURATION_ZERO);
+	nng_recv_aio(bus->sock, bus->now_aio);
+	nng_aio_wait(bus->now_aio);
+	rv = nng_aio_result(bus->now_aio);
+	*msg = rv == 0 ? nng_aio_get_msg(bus->now_aio) : NULL;
+	nng_aio_set_msg(bus->now_aio, NULL);
+	return rv;
+}
+
 static bool send_in_flight(const rb_bus *bus)
 {
 	for (int i = 0; i < SEND_POOL; i++) {
@@ -602,8 +636,8 @@ static void handle_recv(rb_bus *bus, bus_op *op)
 	if (!deliver(bus, msg))
 		return;
 	for (int n = 1; n < RECV_BATCH && !pipe_event_waiting(bus); n++) {
-		rv = nng_recvmsg(bus->sock, &msg, NNG_FLAG_NONBLOCK);
-		if (rv == NNG_EAGAIN)
+		rv = try_recv(bus, &msg);
+		if (rv == NNG_ETIMEDOUT)
 			break;
 		if (rv != 0) {
 			// The aio reports the same failure (a closed socket) or recovers from it.
@@ -869,6 +903,9 @@ static void bus_destroy_ops(rb_bus *bus)
 
 	if (bus->recv_op.aio != NULL)
 		nng_aio_free(bus->recv_op.aio);
+	if (bus->now_aio != NULL)
+		nng_aio_free(bus->now_aio);
+	bus->now_aio = NULL;
 	for (int i = 0; i < SEND_POOL; i++) {
 		if (bus->send_ops[i].aio != NULL)
 			nng_aio_free(bus->send_ops[i].aio);
@@ -1013,7 +1050,8 @@ int rb_bus_new(uv_loop_t *loop, rb_bus_kind kind, const rb_bus_opts *opts, rb_bu
 		if (kind == RB_BUS_PAIR_POLY &&
 		    (rv = nng_socket_set_int(bus->sock, NNG_OPT_SENDBUF, POLY_SEND_BUF)) != 0)
 			goto fail;
-		if ((rv = nng_aio_alloc(&bus->recv_op.aio, aio_done, &bus->recv_op)) != 0)
+		if ((rv = nng_aio_alloc(&bus->recv_op.aio, aio_done, &bus->recv_op)) != 0 ||
+		    (rv = nng_aio_alloc(&bus->now_aio, NULL, NULL)) != 0)
 			goto fail;
 		bus->recv_op.bus = bus;
 		bus->recv_op.type = OP_RECV;
@@ -1186,7 +1224,7 @@ int rb_bus_send(rb_bus *bus, nng_msg *msg)
 	// handed over on this thread: no send completion, no loop wake-up per message. A full
 	// buffer (or any refusal) leaves it to the queue below, behind which later ones wait.
 	if (bus->kind == RB_BUS_PAIR_POLY && bus->fifo_len == 0 && !send_in_flight(bus) &&
-	    nng_sendmsg(bus->sock, msg, NNG_FLAG_NONBLOCK) == 0)
+	    try_send(bus, msg) == 0)
 		return 0;
 	if ((rv = fifo_push(bus, msg)) != 0) {
 		nng_msg_free(msg);
