@@ -126,7 +126,7 @@ struct rb_bus {
 	bus_op recv_op;
 	bus_op send_ops[SEND_POOL];
 	nng_aio *now_aio; // PAIR kinds: operations that complete at once or not at all (try_send)
-	send_item *fifo; // ring of queued sends
+	send_item *fifo;  // ring of queued sends
 	size_t fifo_cap, fifo_head, fifo_len;
 
 	bus_op *rep_ops;
