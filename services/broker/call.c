@@ -617,7 +617,9 @@ int broker_call_apply(broker_book *book, broker_call *c, const broker_event *ev,
 		break;
 	case BROKER_EV_AGENT_HANGUP:
 		end(c, ev, BROKER_DISP_COMPLETED);
-		fx->flags = BROKER_FX_CDR;
+		// The CallEnded answers the hang-up: presence tells the auction the agent is free
+		// only once it has it.
+		fx->flags = BROKER_FX_CALL_ENDED | BROKER_FX_CDR;
 		break;
 	case BROKER_EV_MAX_WAIT:
 		end(c, ev, BROKER_DISP_OVERFLOW);

@@ -99,7 +99,7 @@ enum {
 	BROKER_FX_DEQUEUE = 1 << 1,      // auction: the call left the line
 	BROKER_FX_OFFER = 1 << 2,        // presence: Offer to fx.agent_id
 	BROKER_FX_OFFER_CANCEL = 1 << 3, // presence: withdraw fx.offer_id from fx.agent_id
-	BROKER_FX_CALL_ENDED = 1 << 4,   // presence: the connected call ended; agent to wrap-up
+	BROKER_FX_CALL_ENDED = 1 << 4,   // presence: the connected call ended (agent to wrap-up)
 	BROKER_FX_CDR = 1 << 5,          // the call ended: write its CDR
 	// presence: the call is connected to fx.agent_id by offer fx.offer_id. Presence shows an
 	// accepted offer connected only on this word (docs/delivery.md), so it is sent once the

@@ -181,7 +181,9 @@ static void test_effects(void **state)
 	assert_int_equal(fx.offer_id, 50);
 	assert_int_equal(c->answered_us, T0 + 3 * SEC);
 	assert_int_equal(ev_at(c, BROKER_EV_AGENT_HANGUP, 5, 0, 9 * SEC, &fx), 0);
-	assert_int_equal(fx.flags, BROKER_FX_CDR);
+	// The CallEnded tells presence the broker has the hang-up.
+	assert_int_equal(fx.flags, BROKER_FX_CALL_ENDED | BROKER_FX_CDR);
+	assert_int_equal(fx.agent_id, 5);
 	assert_int_equal(c->disposition, BROKER_DISP_COMPLETED);
 	assert_int_equal(c->agent_id, 5);
 	assert_null(broker_book_agent_call(&book, 5));

@@ -774,12 +774,14 @@ static void on_agent_hangup(broker *b, const Ringbid__AgentHangup *h)
 		return;
 	}
 	broker_call *c = broker_book_find(&b->book, id);
-	if (c == NULL) {
-		rb_logf(RB_LOG_WARN, id, h->agent_id, "agent hung up an unknown call");
+	if (c == NULL || c->state == BROKER_CALL_ENDED) {
+		// Already over here (both sides hung up, or the call is long gone): presence
+		// holds the agent back from the auction until the broker answers the hang-up.
+		if (c == NULL)
+			rb_logf(RB_LOG_WARN, id, h->agent_id, "agent hung up an unknown call");
+		broker_send_call_ended(b, id, c != NULL ? c->program : "", h->agent_id);
 		return;
 	}
-	if (c->state == BROKER_CALL_ENDED)
-		return; // already ended (both sides hung up)
 	if (c->state != BROKER_CALL_CONNECTED || c->agent_id != h->agent_id) {
 		refuse(b, BROKER_LINK_PRESENCE, id, h->agent_id, RB_ESTATE,
 		       "the agent is not connected to this call");

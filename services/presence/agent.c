@@ -73,6 +73,13 @@ struct presence_agent {
 	bool ended_by_agent;
 	bool ended_sale; // the agent's marks on the call it ended, repeated with the hang-up
 	bool ended_resolved;
+	// The agent ended ended_call_id and the broker has not yet said the call is over (its
+	// CallEnded): until then the auction hears the agent is not available, so that no call is
+	// matched to an agent the broker still has on a call. Agents in this state are on the
+	// core's hanging list, oldest first, each with the time after which presence stops
+	// waiting (hangup_deadline, monotonic µs).
+	bool hangup_unconfirmed;
+	uint64_t hangup_deadline;
 
 	uint64_t timer_at; // ring timeout or end of wrap-up (monotonic µs); 0 none
 	uint64_t sync_gen;
@@ -81,9 +88,10 @@ struct presence_agent {
 	UT_hash_handle hh_token; // by token hash, while has_session
 	UT_hash_handle hh_pipe;  // by pipe, while pipe != 0
 	RB_ENTRY(presence_agent) tnode;
-	TAILQ_ENTRY(presence_agent) heard;  // while live: least recently heard first
-	TAILQ_ENTRY(presence_agent) expiry; // while has_session: earliest expiry first
-	TAILQ_ENTRY(presence_agent) busy;   // while RESERVED or ON_CALL
+	TAILQ_ENTRY(presence_agent) heard;   // while live: least recently heard first
+	TAILQ_ENTRY(presence_agent) expiry;  // while has_session: earliest expiry first
+	TAILQ_ENTRY(presence_agent) busy;    // while RESERVED or ON_CALL
+	TAILQ_ENTRY(presence_agent) hanging; // while hangup_unconfirmed: oldest hang-up first
 	bool in_busy;
 };
 
@@ -109,6 +117,7 @@ struct presence_core {
 	TAILQ_HEAD(, presence_agent) heard;
 	TAILQ_HEAD(, presence_agent) expiry;
 	TAILQ_HEAD(, presence_agent) busy;
+	TAILQ_HEAD(, presence_agent) hanging;
 
 	uint32_t n_agents;
 	uint32_t n_live;
@@ -177,6 +186,7 @@ int presence_core_new(const presence_ops *ops, const presence_config *cfg, prese
 	TAILQ_INIT(&c->heard);
 	TAILQ_INIT(&c->expiry);
 	TAILQ_INIT(&c->busy);
+	TAILQ_INIT(&c->hanging);
 	*out = c;
 	return 0;
 }
@@ -206,6 +216,8 @@ static void agent_destroy(presence_core *c, presence_agent *a)
 		HASH_DELETE(hh_pipe, c->by_pipe, a);
 	if (a->in_busy)
 		TAILQ_REMOVE(&c->busy, a, busy);
+	if (a->hangup_unconfirmed)
+		TAILQ_REMOVE(&c->hanging, a, hanging);
 	HASH_DELETE(hh, c->by_id, a);
 	c->counts[a->state]--;
 	c->n_agents--;
@@ -413,6 +425,9 @@ uint64_t presence_core_next_deadline(const presence_core *c)
 		if (next == 0 || at < next)
 			next = at;
 	}
+	presence_agent *g = TAILQ_FIRST(&c->hanging);
+	if (g != NULL && (next == 0 || g->hangup_deadline < next))
+		next = g->hangup_deadline;
 	return next;
 }
 
@@ -445,7 +460,7 @@ static void fill_update(const presence_agent *a, Ringbid__AgentUpdate *u)
 {
 	ringbid__agent_update__init(u);
 	u->agent_id = a->id;
-	u->available = a->state == PRESENCE_AVAILABLE && a->live;
+	u->available = a->state == PRESENCE_AVAILABLE && a->live && !a->hangup_unconfirmed;
 	u->n_skills = a->n_skills;
 	u->skills = a->skills;
 	u->score = a->score;
@@ -465,6 +480,34 @@ static void send_update(presence_core *c, const presence_agent *a)
 	e.body_case = RINGBID__ENVELOPE__BODY_AGENT;
 	e.agent = &u;
 	c->ops.auction(c->ops.arg, &e);
+}
+
+// The agent has ended its call: the hang-up goes to the broker, which answers with a CallEnded
+// once the call is over on its side. The auction would otherwise hear the agent free on its
+// own link at once, often before the broker has read the hang-up on another, and match it a
+// call the broker must then release and queue again.
+static void hanging_begin(presence_core *c, presence_agent *a)
+{
+	if (a->hangup_unconfirmed)
+		TAILQ_REMOVE(&c->hanging, a, hanging);
+	a->hangup_unconfirmed = true;
+	a->hangup_deadline = mono(c) + (uint64_t)PRESENCE_HANGUP_CONFIRM_MS * 1000;
+	TAILQ_INSERT_TAIL(&c->hanging, a, hanging);
+	if (TAILQ_FIRST(&c->hanging) == a)
+		note_deadline(c, a->hangup_deadline);
+}
+
+// The broker has the call over (or presence has stopped waiting): an available agent is now
+// available to the auction too.
+static void hanging_end(presence_core *c, presence_agent *a, const char *reason)
+{
+	if (!a->hangup_unconfirmed)
+		return;
+	TAILQ_REMOVE(&c->hanging, a, hanging);
+	a->hangup_unconfirmed = false;
+	rb_logf(RB_LOG_DEBUG, a->ended_call_id, a->id, "hang-up settled: %s", reason);
+	if (a->state == PRESENCE_AVAILABLE && a->live)
+		send_update(c, a);
 }
 
 static void to_client(presence_core *c, uint32_t pipe, Ringbid__AgentMsg *m)
@@ -682,7 +725,11 @@ int presence_transition(presence_core *c, presence_agent *a, presence_state to, 
 	rb_logf(RB_LOG_DEBUG, a->call_id[0] ? a->call_id : NULL, a->id, "state %s -> %s%s%s",
 	        presence_state_name(from), presence_state_name(to), a->reason[0] ? ": " : "",
 	        a->reason);
-	send_update(c, a);
+	// Free while the broker has not answered the agent's hang-up: every update since the
+	// agent went on the call told the auction it is not available, and it hears otherwise only
+	// once the broker has answered (hanging_end), so an update now would say nothing new.
+	if (!(to == PRESENCE_AVAILABLE && a->hangup_unconfirmed))
+		send_update(c, a);
 	push_status(c, a);
 	return 0;
 }
@@ -944,6 +991,8 @@ int presence_core_end_call(presence_core *c, presence_agent *a, const char *call
 		a->ended_by_agent = true;
 		a->ended_sale = sale;
 		a->ended_resolved = resolved;
+		if (c->ops.broker != NULL)
+			hanging_begin(c, a);
 		enter_wrap_up(c, a, a->wrap_up_s, "call ended by the agent");
 		return 0;
 	}
@@ -1053,6 +1102,12 @@ int presence_core_call_ended(presence_core *c, const Ringbid__CallEnded *ce)
 		// An ACCEPTED that crossed the end of the call (the caller hung up, the offer was
 		// withdrawn): the agent never had it.
 		release_connecting(c, a, "call ended before it connected");
+		return 0;
+	}
+	if (a != NULL && a->hangup_unconfirmed && strcmp(a->ended_call_id, ce->call_id) == 0) {
+		// The broker's answer to the agent's hang-up (or its own end of the call, crossing
+		// the hang-up): the call is over on both sides.
+		hanging_end(c, a, "the broker has the call ended");
 		return 0;
 	}
 	if (a == NULL || a->state != PRESENCE_ON_CALL || strcmp(a->call_id, ce->call_id) != 0)
@@ -1262,6 +1317,14 @@ int presence_core_call_sync(presence_core *c, const Ringbid__CallSync *cs)
 	if (cs->last && c->sync_open) {
 		c->sync_open = false;
 		sync_sweep(c, gen);
+		// A hang-up the broker did not answer, of an agent the broker has no call at: it
+		// has nothing left to end.
+		presence_agent *a = TAILQ_FIRST(&c->hanging), *next;
+		for (; a != NULL; a = next) {
+			next = TAILQ_NEXT(a, hanging);
+			if (a->sync_gen != gen)
+				hanging_end(c, a, "no call at the broker");
+		}
 	}
 	return rv;
 }
@@ -1704,6 +1767,18 @@ void presence_core_tick(presence_core *c)
 			snprintf(reason, sizeof(reason), "no heartbeat for %llu ms",
 			         (unsigned long long)c->cfg.heartbeat_timeout_ms);
 			lose_link(c, h, reason);
+			continue;
+		}
+		presence_agent *g = TAILQ_FIRST(&c->hanging);
+		if (g != NULL && g->hangup_deadline <= now) {
+			// The broker is slow or away: the auction hears the agent free after all;
+			// should the broker still have the call, it releases the match.
+			c->stats.hangups_unconfirmed++;
+			rb_logf(RB_LOG_INFO, g->ended_call_id, g->id,
+			        "the broker has not answered the hang-up in %u ms: available "
+			        "anyway",
+			        (unsigned)PRESENCE_HANGUP_CONFIRM_MS);
+			hanging_end(c, g, "not answered in time");
 			continue;
 		}
 		break;

@@ -21,6 +21,9 @@
 // Program scores per agent: the auction refuses an AgentUpdate with more (its
 // MARKET_MAX_PROGRAM_SCORES).
 #define PRESENCE_MAX_PROGRAM_SCORES 256
+// How long an agent who ended a call waits for the broker to answer the hang-up before the
+// auction hears it is free anyway (the broker answers within milliseconds when it is up).
+#define PRESENCE_HANGUP_CONFIRM_MS 2000
 
 // Numerically equal to Ringbid__AgentState, so a state goes on the wire as is.
 typedef enum {
@@ -67,6 +70,8 @@ typedef struct presence_stats {
 	uint64_t refused_agents;  // client messages answered with an ErrorReply
 	uint64_t refused_broker;  // broker Envelopes refused
 	uint64_t refused_auction; // auction Envelopes refused
+	// Hang-ups the broker did not answer within PRESENCE_HANGUP_CONFIRM_MS.
+	uint64_t hangups_unconfirmed;
 } presence_stats;
 
 // One roster row as read from roster.agents; the core copies what it keeps.
@@ -208,8 +213,10 @@ int presence_core_set_state(presence_core *c, presence_agent *a, presence_state 
 // this agent's offer).
 int presence_core_answer(presence_core *c, presence_agent *a, uint64_t offer_id, bool accept);
 // The agent ends its connected call, marking it a sale and/or resolved (passed on to the broker
-// for the CDR). Returns 0 (also when it already ended that call), RB_ESTATE (the call was
-// accepted but is not connected yet; nothing changes) or RB_ENOTFOUND.
+// for the CDR). Until the broker answers the hang-up with a CallEnded (or a CallSync shows no
+// call at the agent, or PRESENCE_HANGUP_CONFIRM_MS pass), the auction hears the agent is not
+// available, whatever its state. Returns 0 (also when it already ended that call), RB_ESTATE
+// (the call was accepted but is not connected yet; nothing changes) or RB_ENOTFOUND.
 int presence_core_end_call(presence_core *c, presence_agent *a, const char *call_id, bool sale,
                            bool resolved);
 // Ends the session: token revoked, link unbound; AVAILABLE/NOT_READY/RESERVED -> OFFLINE (an
@@ -226,7 +233,7 @@ int presence_core_offer(presence_core *c, const Ringbid__Offer *o);
 int presence_core_offer_cancel(presence_core *c, const Ringbid__OfferCancel *oc);
 // OfferCancel and CallEnded of a call the agent is connecting release it (AVAILABLE, or
 // OFFLINE without a live session; no wrap-up) with CALL_EVENT_OFFER_WITHDRAWN: its client never
-// saw the call connected.
+// saw the call connected. A CallEnded of the call the agent ended settles its hang-up.
 int presence_core_call_ended(presence_core *c, const Ringbid__CallEnded *ce);
 // The broker connected the call of the agent's offer (its CONNECTED record is on disk): the
 // agent, connecting or, when telephony reported the call answered, still ringing, goes ON_CALL

@@ -636,6 +636,92 @@ static void test_wrap_up_zero_and_ready(void **state)
 	fx_free(f);
 }
 
+// The agent's hang-up and its availability go out on different links: the auction hears the
+// agent free only once the broker has answered the hang-up, a sync shows the call gone, or the
+// wait runs out.
+static void test_hangup_waits_for_broker(void **state)
+{
+	(void)state;
+	fx *f = fx_new(2);
+	presence_agent *a = ready_agent(f, 1, 11, NULL);
+	offer(f, 1, "c1", 1, 15000, 0);
+	accept_call(f, a, 1);
+	clear(f);
+	assert_int_equal(presence_core_end_call(f->c, a, "c1", true, false), 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(f->bm[f->nbm - 1].body, RINGBID__ENVELOPE__BODY_AGENT_HANGUP);
+	assert_non_null(last_update(f, 1));
+	assert_false(last_update(f, 1)->available);
+	// The broker's end of some other call settles nothing.
+	Ringbid__CallEnded ce = RINGBID__CALL_ENDED__INIT;
+	ce.call_id = "other";
+	ce.agent_id = 1;
+	size_t nam = f->nam;
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(f->nam, nam);
+	// Its answer to the hang-up does: available, with no new state and nothing for the client.
+	uint64_t seq = presence_agent_state_seq(a);
+	size_t ncm = f->ncm;
+	ce.call_id = "c1";
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(f->nam, nam + 1);
+	assert_true(last_update(f, 1)->available);
+	assert_int_equal(presence_agent_state(a), PRESENCE_AVAILABLE);
+	assert_int_equal(presence_agent_state_seq(a), seq);
+	assert_int_equal(f->ncm, ncm);
+	// A repeat changes nothing.
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(f->nam, nam + 1);
+	assert_int_equal(presence_core_stats(f->c)->hangups_unconfirmed, 0);
+
+	// No answer: after PRESENCE_HANGUP_CONFIRM_MS the auction hears the agent free anyway.
+	offer(f, 2, "c2", 1, 15000, 0);
+	accept_call(f, a, 2);
+	presence_core_end_call(f->c, a, "c2", false, false);
+	assert_false(last_update(f, 1)->available);
+	nam = f->nam;
+	advance(f, (PRESENCE_HANGUP_CONFIRM_MS - 1) * 1000ull);
+	assert_int_equal(f->nam, nam);
+	advance(f, 1000);
+	assert_int_equal(f->nam, nam + 1);
+	assert_true(last_update(f, 1)->available);
+	assert_int_equal(presence_core_stats(f->c)->hangups_unconfirmed, 1);
+	// The answer coming late changes nothing more.
+	ce.call_id = "c2";
+	assert_int_equal(presence_core_call_ended(f->c, &ce), 0);
+	assert_int_equal(f->nam, nam + 1);
+
+	// With wrap-up time: the agent says ready early, and still waits for the broker; a sync
+	// that lists no call at the agent settles the hang-up.
+	offer(f, 3, "c3", 1, 15000, 60);
+	accept_call(f, a, 3);
+	presence_core_end_call(f->c, a, "c3", false, false);
+	assert_int_equal(presence_agent_state(a), PRESENCE_WRAP_UP);
+	assert_int_equal(presence_core_set_state(f->c, a, PRESENCE_AVAILABLE), 0);
+	assert_false(last_update(f, 1)->available);
+	Ringbid__CallSync cs = RINGBID__CALL_SYNC__INIT;
+	cs.first = cs.last = true;
+	cs.sync_id = 9;
+	nam = f->nam;
+	assert_int_equal(presence_core_call_sync(f->c, &cs), 0);
+	assert_int_equal(f->nam, nam + 1);
+	assert_true(last_update(f, 1)->available);
+
+	// An offer reaching an agent whose hang-up is still unanswered (the broker had it and
+	// matched the agent again before the answer arrived) rings as usual.
+	offer(f, 4, "c4", 1, 15000, 0);
+	accept_call(f, a, 4);
+	presence_core_end_call(f->c, a, "c4", false, false);
+	offer(f, 5, "c5", 1, 15000, 0);
+	assert_int_equal(presence_agent_state(a), PRESENCE_RESERVED);
+	assert_false(last_update(f, 1)->available);
+	// Freed with its hang-up still waiting: the core lets it go cleanly.
+	accept_call(f, a, 5);
+	presence_core_end_call(f->c, a, "c5", false, false);
+	assert_false(last_update(f, 1)->available);
+	fx_free(f);
+}
+
 static void test_offer_refused_and_duplicate(void **state)
 {
 	(void)state;
@@ -2276,6 +2362,7 @@ int main(void)
 	        cmocka_unit_test(test_quiet_request),
 	        cmocka_unit_test(test_offer_accept_end),
 	        cmocka_unit_test(test_wrap_up_zero_and_ready),
+	        cmocka_unit_test(test_hangup_waits_for_broker),
 	        cmocka_unit_test(test_offer_refused_and_duplicate),
 	        cmocka_unit_test(test_long_masked_caller),
 	        cmocka_unit_test(test_decline_is_not_a_miss),

@@ -72,6 +72,7 @@ typedef struct presence_main {
 	rb_metric *m_login_failures;
 	rb_metric *m_refused[3];
 	rb_metric *m_clients;
+	rb_metric *m_hangups_unconfirmed;
 	presence_stats synced;
 } presence_main;
 
@@ -147,6 +148,7 @@ static void sync_metrics(presence_main *p)
 	add_delta(p->m_refused[0], st->refused_agents, &seen->refused_agents);
 	add_delta(p->m_refused[1], st->refused_broker, &seen->refused_broker);
 	add_delta(p->m_refused[2], st->refused_auction, &seen->refused_auction);
+	add_delta(p->m_hangups_unconfirmed, st->hangups_unconfirmed, &seen->hangups_unconfirmed);
 	uint32_t counts[PRESENCE_NSTATES];
 	presence_core_counts(p->core, counts);
 	for (int s = 0; s < PRESENCE_NSTATES; s++)
@@ -279,7 +281,12 @@ static int register_metrics(presence_main *p)
 	                                         "Agent logins refused for a wrong id or secret.");
 	p->m_clients = rb_metrics_gauge("ringbid_agent_connections", NULL,
 	                                "Agent clients connected to presence now.");
-	if (p->m_logins == NULL || p->m_login_failures == NULL || p->m_clients == NULL)
+	p->m_hangups_unconfirmed =
+	        rb_metrics_counter("ringbid_hangups_unconfirmed_total", NULL,
+	                           "Agents' hang-ups the broker did not answer in time; the agent "
+	                           "was made available to the auction anyway.");
+	if (p->m_logins == NULL || p->m_login_failures == NULL || p->m_clients == NULL ||
+	    p->m_hangups_unconfirmed == NULL)
 		return RB_ENOMEM;
 	return 0;
 }

@@ -145,6 +145,40 @@ def _pid_alive(pid):
         return False
 
 
+# -- /metrics ---------------------------------------------------------------------------------
+
+def parse_metrics(text):
+    """Prometheus text format: {family: {"type": t, "samples": [(name, labels, value)]}}."""
+    fams = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, typ = line.split(None, 3)
+            fams.setdefault(name, {"type": typ, "samples": []})["type"] = typ
+            continue
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$", line)
+        expect(m is not None, "unparsable metrics line: %r", line)
+        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
+        lab = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', labels))
+        fam = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and name[:-len(suffix)] in fams:
+                fam = name[:-len(suffix)]
+        fams.setdefault(fam, {"type": "untyped", "samples": []})["samples"].append(
+            (name, lab, value))
+    return fams
+
+
+def value(fams, name, labels=None):
+    """The first sample called name (a histogram's _bucket/_sum/_count too) with labels."""
+    for fam in fams.values():
+        for n, lab, v in fam["samples"]:
+            if n == name and all(lab.get(k) == w for k, w in (labels or {}).items()):
+                return v
+    return None
+
+
 class AgentProc:
     """One `ringbid-agent --json` client; its events are read on a thread into a list."""
 
@@ -732,6 +766,13 @@ class Stack:
             return e.code, e.read().decode("utf-8", "replace")
         except (OSError, urllib.error.URLError) as e:
             return 0, str(e)
+
+    def metric(self, name_or_offset, metric, labels=None):
+        """One sample of a service's /metrics (service name or admin port offset), or None."""
+        off = HTTP_PORT.get(name_or_offset, name_or_offset)
+        code, body = self.http_get(off, "/metrics")
+        expect_eq(code, 200, "GET /metrics on %s" % name_or_offset)
+        return value(parse_metrics(body), metric, labels)
 
     def healthz(self, name):
         return self.http_get(HTTP_PORT[name], "/healthz")[0]

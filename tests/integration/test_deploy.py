@@ -17,8 +17,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (BIN, HTTP_PORT, ITEST, PORT_PRESENCE_AGENTS, RINGBID, ROOT,  # noqa: E402
-                     Stack, expect, expect_eq, no_stack, pick_port_base,
-                     run_tests, wait_until)
+                     Stack, expect, expect_eq, no_stack, parse_metrics, pick_port_base,
+                     run_tests, value, wait_until)
 
 try:
     import yaml
@@ -642,29 +642,6 @@ def test_k8s_manifests():
 
 # -- /metrics ---------------------------------------------------------------------------------
 
-def parse_metrics(text):
-    """Prometheus text format: {family: {"type": t, "samples": [(name, labels, value)]}}."""
-    fams = {}
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, typ = line.split(None, 3)
-            fams.setdefault(name, {"type": typ, "samples": []})["type"] = typ
-            continue
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$", line)
-        expect(m is not None, "unparsable metrics line: %r", line)
-        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
-        lab = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', labels))
-        fam = name
-        for suffix in ("_bucket", "_sum", "_count"):
-            if name.endswith(suffix) and name[:-len(suffix)] in fams:
-                fam = name[:-len(suffix)]
-        fams.setdefault(fam, {"type": "untyped", "samples": []})["samples"].append(
-            (name, lab, value))
-    return fams
-
-
 def promtool_path():
     r = subprocess.run([PROMTOOL_SH], capture_output=True, text=True, timeout=600)
     expect(r.returncode == 0 and r.stdout.strip(), "scripts/promtool.sh exited %d: %s",
@@ -764,15 +741,6 @@ def fetch_metrics(st):
         expect_eq(code, 200, "GET /metrics on %s" % svc)
         out[svc] = body
     return out
-
-
-def value(fams, name, labels=None):
-    """The first sample called name (a histogram's _bucket/_sum/_count too) with labels."""
-    for fam in fams.values():
-        for n, lab, v in fam["samples"]:
-            if n == name and all(lab.get(k) == w for k, w in (labels or {}).items()):
-                return v
-    return None
 
 
 def run_calls_and_check_metrics(st, promtool):

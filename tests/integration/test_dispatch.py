@@ -358,6 +358,62 @@ def test_no_agent_ever_holds_two_calls(st):
     st.wait_calls_settled()
 
 
+def test_agent_free_only_once_the_broker_has_the_hang_up(st):
+    """An agent's hang-up goes to the broker and its availability to the auction on separate
+    links: the auction must not see the agent free before the broker has ended the call, or it
+    matches the agent a call the broker has to refuse. The broker is stopped (SIGSTOP) while the
+    agent hangs up, so the hang-up cannot be read; the auction's count of available agents shows
+    what it was told."""
+    tag = "hangwait"
+    setup(st, tag, [(1101, 80)], ring_timeout=5, wrap_up=0)
+    agent = st.start_agent(1101, "--auto-answer", "1.0")
+    st.wait_agent_count("AVAILABLE", 1)
+    broker = st.service_pid("broker")
+    expect(broker is not None, "no broker pid")
+    unconfirmed0 = st.metric("presence", "ringbid_hangups_unconfirmed_total") or 0
+
+    def one_call(n, stopped_s):
+        cid = st.unique("hangwait%d" % n)
+        call = st.place_call(tag, background=True, id=cid, talk=60, timeout=90)
+        agent.wait_event("call_connected", lambda e: e.get("call_id") == cid, 15)
+        on_call = st.metric("auction", "ringbid_auction_agents_available")
+        os.kill(broker, signal.SIGSTOP)
+        try:
+            ended = agent.wait_event("call_ended", lambda e: e.get("call_id") == cid, 10)
+            expect_eq(ended.get("by"), "agent", "who ended %s" % cid)
+            agent.wait_state("AVAILABLE", 5, after=ended["_i"])
+            t_free = time.monotonic()
+            if stopped_s is None:
+                # Free at presence, but the broker has not read the hang-up: not yet free
+                # for the auction.
+                time.sleep(0.8)
+                expect_eq(st.metric("auction", "ringbid_auction_agents_available"), on_call,
+                          "agents available at the auction while the broker has not read "
+                          "the hang-up of %s" % cid)
+            else:
+                # The broker does not answer: after 2 s the auction hears it anyway.
+                wait_until(lambda: st.metric("auction", "ringbid_auction_agents_available")
+                           == on_call + 1, stopped_s, "the agent available at the auction "
+                           "with the broker stopped")
+                waited = time.monotonic() - t_free
+                expect(waited >= 1.5, "the auction heard the agent free %.2f s after the "
+                       "hang-up, before presence stopped waiting for the broker", waited)
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        wait_until(lambda: st.metric("auction", "ringbid_auction_agents_available")
+                   == on_call + 1, 10, "the agent available at the auction again")
+        res = call.result(60)
+        check_call(res, 1101, "call %s" % cid)
+
+    one_call(1, None)
+    expect_eq((st.metric("presence", "ringbid_hangups_unconfirmed_total") or 0) - unconfirmed0,
+              0, "hang-ups presence stopped waiting for while the broker answers")
+    one_call(2, 6)
+    expect_eq((st.metric("presence", "ringbid_hangups_unconfirmed_total") or 0) - unconfirmed0,
+              1, "hang-ups presence stopped waiting for")
+    st.wait_calls_settled()
+
+
 def test_auction_killed_under_load(st):
     tag = "restart"
     ids = (1001, 1002, 1003, 1004)
