@@ -106,6 +106,7 @@ int broker_outbox_add(broker_outbox *o, const Ringbid__Cdr *cdr, bool durable, u
 	c->exploratory = cdr->exploratory;
 	c->offers = cdr->offers;
 	c->seq = ++o->next_seq;
+	c->added_ms = o->loop != NULL ? uv_now(o->loop) : 0;
 	if (durable && o->durable_seq < c->seq)
 		o->durable_seq = c->seq;
 	HASH_ADD_STR(o->by_id, id, c);
@@ -294,16 +295,45 @@ static void reply_cb(rb_bus *bus, int err, nng_msg *reply, void *arg)
 	broker_outbox_kick(o);
 }
 
+// A whole batch is sendable (the queue is in order of seq).
+static bool full_batch(const broker_outbox *o)
+{
+	if (o->count < BROKER_CDR_BATCH)
+		return false;
+	size_t n = 0;
+	const broker_cdr *c;
+	TAILQ_FOREACH(c, &o->queue, link)
+	{
+		if (c->seq > o->durable_seq)
+			return false;
+		if (++n == BROKER_CDR_BATCH)
+			return true;
+	}
+	return false;
+}
+
 void broker_outbox_kick(broker_outbox *o)
 {
 	if (o->bus == NULL || o->inflight || o->closing)
 		return;
 	if (uv_is_active((uv_handle_t *)&o->retry))
 		return;
+	// The head of the queue is the oldest CDR (replayed ones count as old). Checked before
+	// anything is built: the outbox is kicked after every journal flush.
+	const broker_cdr *c = TAILQ_FIRST(&o->queue);
+	if (c == NULL || c->seq > o->durable_seq)
+		return;
+	uint64_t now = uv_now(o->loop);
+	if (c->added_ms + BROKER_CDR_LINGER_MS > now && !full_batch(o)) {
+		if (!uv_is_active((uv_handle_t *)&o->linger))
+			uv_timer_start(&o->linger, retry_cb, c->added_ms + BROKER_CDR_LINGER_MS - now,
+			               0);
+		return;
+	}
+	uv_timer_stop(&o->linger);
 	Ringbid__Cdr cdrs[BROKER_CDR_BATCH];
 	Ringbid__Cdr *ptrs[BROKER_CDR_BATCH];
 	size_t n = 0;
-	const broker_cdr *c;
 	TAILQ_FOREACH(c, &o->queue, link)
 	{
 		if (n == BROKER_CDR_BATCH || c->seq > o->durable_seq)
@@ -312,8 +342,6 @@ void broker_outbox_kick(broker_outbox *o)
 		ptrs[n] = &cdrs[n];
 		n++;
 	}
-	if (n == 0)
-		return;
 	Ringbid__CdrBatch batch = RINGBID__CDR_BATCH__INIT;
 	batch.token = (char *)o->token;
 	batch.n_cdrs = n;
@@ -340,7 +368,12 @@ int broker_outbox_start(broker_outbox *o, uv_loop_t *loop, rb_bus *bus, broker_j
 	o->token = token;
 	if (uv_timer_init(loop, &o->retry) != 0)
 		return RB_EIO;
+	if (uv_timer_init(loop, &o->linger) != 0) {
+		uv_close((uv_handle_t *)&o->retry, NULL);
+		return RB_EIO;
+	}
 	o->retry.data = o;
+	o->linger.data = o;
 	o->timer_init = true;
 	o->bus = bus;
 	broker_outbox_kick(o);
@@ -352,6 +385,7 @@ void broker_outbox_stop(broker_outbox *o)
 	o->closing = true;
 	if (o->timer_init) {
 		uv_close((uv_handle_t *)&o->retry, NULL);
+		uv_close((uv_handle_t *)&o->linger, NULL);
 		o->timer_init = false;
 	}
 }

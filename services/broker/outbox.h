@@ -14,6 +14,10 @@
 #include "ringbid.pb-c.h"
 
 #define BROKER_CDR_BATCH      500         // CDRs per request
+// A batch smaller than BROKER_CDR_BATCH waits until its oldest CDR has been sendable this long:
+// billing's cost per batch (one statement and one commit) is many times its cost per CDR, so at
+// a few hundred calls a second one batch per call would cost the database more than the calls.
+#define BROKER_CDR_LINGER_MS 100
 #define BROKER_CDR_TIMEOUT_MS 5000        // one request's deadline
 #define BROKER_CDR_RETRY_MS   1000        // after an error or a timeout
 #define BROKER_CDR_WARN_MS    (60 * 1000) // billing away: one warning per minute
@@ -30,7 +34,8 @@ struct broker_cdr {
 	Ringbid__CdrOffer *offer_log;   // owned
 	Ringbid__CdrOffer **offer_ptrs; // owned, each into offer_log
 	size_t noffer_log;
-	uint64_t seq; // order of arrival in the outbox
+	uint64_t seq;      // order of arrival in the outbox
+	uint64_t added_ms; // uv_now when added; 0 when added before the sender started
 	UT_hash_handle hh;
 	TAILQ_ENTRY(broker_cdr) link;
 };
@@ -50,6 +55,7 @@ struct broker_outbox {
 	broker_journal *journal;
 	const char *token;
 	uv_timer_t retry;
+	uv_timer_t linger; // a small batch's wait (BROKER_CDR_LINGER_MS)
 	bool timer_init;
 	bool inflight;
 	bool closing;
@@ -88,7 +94,8 @@ void broker_cdr_to_pb(const broker_cdr *c, Ringbid__Cdr *out);
 // Acknowledgements are journaled in journal. token is the service token (must outlive o).
 int broker_outbox_start(broker_outbox *o, uv_loop_t *loop, rb_bus *bus, broker_journal *journal,
                         const char *token);
-// Sends now if nothing is in flight and something is sendable.
+// Sends if nothing is in flight and something is sendable: at once when a full batch is, else
+// once the oldest sendable CDR has waited BROKER_CDR_LINGER_MS.
 void broker_outbox_kick(broker_outbox *o);
 // Stops sending (a request in flight is abandoned: the CDRs stay for the next start).
 void broker_outbox_stop(broker_outbox *o);
