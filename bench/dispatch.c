@@ -486,45 +486,87 @@ static void group_map(const char *path, size_t total)
 // CPU time (user + system, clock ticks) of each service whose pid file is in run_dir, summed
 // over the instances of one service ("presence-3" counts as presence). Order: broker, auction,
 // presence, billing.
-static const char *svc_names[4] = {"broker", "auction", "presence", "billing"};
+// CPU time per process: the four services (every presence instance summed, from the pid
+// files in run_dir) and PostgreSQL (the postmaster of run_dir/../pg and every process it
+// started: the services' backends, the WAL writer, the checkpointer).
+#define N_CPU 5
+static const char *svc_names[N_CPU] = {"broker", "auction", "presence", "billing", "postgres"};
 
-static void svc_cpu(const char *run_dir, uint64_t out[4])
+// utime + stime of pid in clock ticks, and its parent; 0 when it is gone.
+static uint64_t proc_cpu(long pid, long *ppid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long utime, stime;
+	long parent = 0;
+	uint64_t t = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return 0;
+	// Fields after the command name, which may hold spaces: state is field 3, utime 14.
+	if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL &&
+	    sscanf(p + 2, "%*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &parent, &utime,
+	           &stime) == 3)
+		t = utime + stime;
+	fclose(f);
+	if (ppid != NULL)
+		*ppid = parent;
+	return t;
+}
+
+static long pid_from(const char *path)
+{
+	long pid = 0;
+	FILE *f = fopen(path, "r");
+
+	if (f == NULL)
+		return 0;
+	if (fscanf(f, "%ld", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	return pid;
+}
+
+static void svc_cpu(const char *run_dir, uint64_t out[N_CPU])
 {
 	DIR *d = run_dir ? opendir(run_dir) : NULL;
 	struct dirent *e;
+	char path[4096];
+	long pm;
 
-	memset(out, 0, 4 * sizeof(*out));
+	memset(out, 0, N_CPU * sizeof(*out));
 	if (d == NULL)
 		return;
 	while ((e = readdir(d)) != NULL) {
-		char path[4096], buf[1024], *p;
-		unsigned long long utime, stime;
-		long pid;
-		FILE *f;
 		int k;
 
 		if (strstr(e->d_name, ".pid") == NULL)
 			continue;
-		for (k = 0; k < 4; k++)
+		for (k = 0; k < N_CPU - 1; k++)
 			if (!strncmp(e->d_name, svc_names[k], strlen(svc_names[k])))
 				break;
-		if (k == 4)
+		if (k == N_CPU - 1)
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", run_dir, e->d_name);
-		if ((f = fopen(path, "r")) == NULL)
+		long pid = pid_from(path);
+		if (pid > 0)
+			out[k] += proc_cpu(pid, NULL);
+	}
+	closedir(d);
+	snprintf(path, sizeof(path), "%s/../pg/postmaster.pid", run_dir);
+	if ((pm = pid_from(path)) <= 0 || (d = opendir("/proc")) == NULL)
+		return;
+	out[N_CPU - 1] += proc_cpu(pm, NULL);
+	while ((e = readdir(d)) != NULL) {
+		long pid = strtol(e->d_name, NULL, 10), parent = 0;
+		uint64_t t;
+
+		if (pid <= 0)
 			continue;
-		if (fscanf(f, "%ld", &pid) != 1)
-			pid = 0;
-		fclose(f);
-		snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-		if (pid <= 0 || (f = fopen(path, "r")) == NULL)
-			continue;
-		// Fields after the command name, which may hold spaces: state is field 3, utime 14.
-		if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL &&
-		    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-		           &stime) == 2)
-			out[k] += utime + stime;
-		fclose(f);
+		t = proc_cpu(pid, &parent);
+		if (parent == pm)
+			out[N_CPU - 1] += t;
 	}
 	closedir(d);
 }
@@ -580,13 +622,35 @@ static int parse_phase(const char *text, phase *p)
 	return *end == '\0' && p->rate > 0 ? 0 : -1;
 }
 
+// --samples FILE: every call of every phase, appended as "phase seq sent_ms latency_ms" (sent
+// from the phase's start; latency -1 when not offered), to see when the slow calls came.
+static const char *samples_file;
+
+static void write_samples(const phase *ph, uint64_t t0)
+{
+	static size_t phase_no;
+	FILE *f = fopen(samples_file, "a");
+	if (f == NULL) {
+		fprintf(stderr, "dispatch: cannot open %s\n", samples_file);
+		return;
+	}
+	for (size_t s = ph->first_seq; s < ph->first_seq + ph->calls; s++) {
+		uint64_t sent = atomic_load(&sent_us[s]), l = atomic_load(&lat_us[s]);
+		fprintf(f, "%zu %zu %.3f %.3f\n", phase_no, s - ph->first_seq,
+		        sent > t0 ? (double)(sent - t0) / 1000.0 : 0.0,
+		        l ? (double)(l - 1) / 1000.0 : -1.0);
+	}
+	fclose(f);
+	phase_no++;
+}
+
 // One phase of calls placed by n_callers threads; prints its JSON line. Returns 0 when every
 // call was accepted by the broker and offered (hold: every agent got one).
 static int run_phase(const phase *ph, caller *callers, size_t n_callers, const char *run_dir,
                      double login_s, const char *hold_file)
 {
 	pthread_t th[64];
-	uint64_t t0, t1, cpu0[4], cpu1[4], *lat;
+	uint64_t t0, t1, cpu0[N_CPU], cpu1[N_CPU], *lat;
 	size_t nl = 0, n_all, refused = 0, end = ph->first_seq + ph->calls;
 	char p50[32], p99[32], p999[32];
 	size_t group_agents = atomic_load(&grp->agents);
@@ -666,7 +730,7 @@ static int run_phase(const phase *ph, caller *callers, size_t n_callers, const c
 	if (run_dir != NULL && nl > 0) {
 		size_t len = 0;
 
-		for (int k = 0; k < 4; k++)
+		for (int k = 0; k < N_CPU; k++)
 			len += (size_t)snprintf(cpu + len, sizeof(cpu) - len, "%s\"%s\":%.3f",
 			                        k ? "," : "", svc_names[k],
 			                        (double)(cpu1[k] - cpu0[k]) * 1000.0 / (double)hz /
@@ -697,6 +761,8 @@ static int run_phase(const phase *ph, caller *callers, size_t n_callers, const c
 		rc = 1;
 	}
 	free(lat);
+	if (samples_file != NULL)
+		write_samples(ph, t0);
 	// Let the agents finish these calls, so the next phase finds them free.
 	for (int i = 0; i < 500 && atomic_load(&grp->ended) < atomic_load(&grp->offered); i++)
 		usleep(10000);
@@ -709,7 +775,7 @@ static void usage(void)
 	        "usage: dispatch --agents N [--first-agent ID] [--queues Q] [--urls URL,URL...]\n"
 	        "                [--calls N [--rate CALLS_PER_S]] [--phase CALLS[@RATE|@hold]]...\n"
 	        "                [--callers N] [--group FILE --procs P] [--hold FILE]\n"
-	        "                [--run-dir DIR] [--setup-only] [--skip-setup]\n");
+	        "                [--run-dir DIR] [--samples FILE] [--setup-only] [--skip-setup]\n");
 	exit(2);
 }
 
@@ -752,6 +818,8 @@ int main(int argc, char **argv)
 			procs = strtoull(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--hold") && i + 1 < argc)
 			hold_file = argv[++i];
+		else if (!strcmp(argv[i], "--samples") && i + 1 < argc)
+			samples_file = argv[++i];
 		else if (!strcmp(argv[i], "--run-dir") && i + 1 < argc)
 			snprintf(run_dir, sizeof(run_dir), "%s", argv[++i]);
 		else if (!strcmp(argv[i], "--setup-only"))

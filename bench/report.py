@@ -103,21 +103,21 @@ def ms(r, k):
 
 
 print("\nend to end: call arrival at the broker -> offer at the agent's session"
-      "\n(cpu: each service's CPU time per offered call, ms: broker/auction/presence/billing)")
+      "\n(cpu: CPU time per offered call, ms: broker/auction/presence/billing/postgres)")
 print("(percentiles over every call the broker accepted; >5s: among the calls not offered"
       " within the wait)")
 print(f'{"agents":<8} {"queues":<7} {"procs":<6} {"load":<14} {"calls":<7} {"offered":<8} '
       f'{"calls/s":<9} {"p50 ms":<9} {"p99 ms":<9} {"p99.9 ms":<9} {"max ms":<9} '
-      f'{"cpu ms/call":<12}')
+      f'{"cpu ms/call":<24}')
 for r in dispatch:
     load = f'{r["target_rate"]:g}/s' if r["target_rate"] else "max"
     if r["load"] == "low":
         load += " (low)"
     cpu = "/".join(f'{r["cpu_ms_per_call"].get(s, 0):.2f}'
-                   for s in ("broker", "auction", "presence", "billing"))
+                   for s in ("broker", "auction", "presence", "billing", "postgres"))
     print(f'{r["agents"]:<8} {r["queues"]:<7} {r["procs"]:<6} {load:<14} {r["calls"]:<7} '
           f'{r["offered"]:<8} {r["calls_per_s"]:<9.0f} {ms(r, "p50_ms"):<9} '
-          f'{ms(r, "p99_ms"):<9} {ms(r, "p999_ms"):<9} {r["max_ms"]:<9.1f} {cpu:<12}')
+          f'{ms(r, "p99_ms"):<9} {ms(r, "p999_ms"):<9} {r["max_ms"]:<9.1f} {cpu:<24}')
 
 print("\ndispatch side by side, as fast as each goes (the engine column is the auction alone"
       "\nin process; ratios are ringbid / baseline)")
